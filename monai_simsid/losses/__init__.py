@@ -1,1 +1,7 @@
-"""Subpackage."""
+"""Losses."""
+
+from __future__ import annotations
+
+from .simsid import AdversarialLoss, SimSIDLoss, discriminator_loss, generator_adversarial_loss
+
+__all__ = ["AdversarialLoss", "SimSIDLoss", "discriminator_loss", "generator_adversarial_loss"]

@@ -3,5 +3,6 @@
 from __future__ import annotations
 
 from .enums import AnomalyKeys, StrEnum
+from .errors import InputError, find_input_error
 
-__all__ = ["AnomalyKeys", "StrEnum"]
+__all__ = ["AnomalyKeys", "InputError", "StrEnum", "find_input_error"]

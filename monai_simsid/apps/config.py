@@ -1,0 +1,27 @@
+"""Locating the shared configs and the bundles, from any working directory."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = ["bundle_root", "repo_root", "shared_config_path"]
+
+
+def repo_root() -> Path:
+    """The project folder (the parent of the ``monai_simsid`` package; the package is installed in editable mode)."""
+    return Path(__file__).resolve().parents[2]
+
+
+def shared_config_path(name: str) -> Path:
+    """Path of a shared config in ``configs/`` (``MONAI_SIMSID_CONFIGS`` overrides the folder)."""
+    folder = Path(os.environ.get("MONAI_SIMSID_CONFIGS", repo_root() / "configs"))
+    path = folder / (name if name.endswith((".json", ".yaml")) else f"{name}.json")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: shared config not found (set MONAI_SIMSID_CONFIGS to the configs folder)")
+    return path
+
+
+def bundle_root(name: str) -> str:
+    """Folder of the bundle ``name`` inside ``bundles/``."""
+    return str(repo_root() / "bundles" / name)

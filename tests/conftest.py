@@ -1,0 +1,60 @@
+"""Shared test fixtures: small CT-like volumes written to temporary files, and the shared real-data folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+SHARED_CT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ct"
+
+
+def simple_ct(shape=(40, 44, 32), seed=0) -> np.ndarray:
+    """A tiny CT-like volume in HU: air, an elliptic body with two lungs and a bone rod."""
+    rng = np.random.default_rng(seed)
+    x, y, z = np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij")
+    arr = np.full(shape, -1000.0, np.float32)
+    body = (x / 0.85) ** 2 + (y / 0.7) ** 2 < 1
+    arr[body] = 40.0
+    for cx in (-0.4, 0.4):
+        lung = ((x - cx) / 0.3) ** 2 + (y / 0.45) ** 2 + (z / 0.8) ** 2 < 1
+        arr[lung] = -850.0
+    arr[(x**2 + (y + 0.5) ** 2) < 0.01] = 700.0
+    arr += rng.normal(0, 10, shape).astype(np.float32)
+    return arr
+
+
+def oblique_affine(spacing=(0.8, 1.1, 3.0), angle=0.3, origin=(-10.0, 20.0, 5.0)) -> np.ndarray:
+    c, s = np.cos(angle), np.sin(angle)
+    rot = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1.0]]) @ np.array([[1, 0, 0], [0, np.cos(0.2), -np.sin(0.2)], [0, np.sin(0.2), np.cos(0.2)]])
+    aff = np.eye(4)
+    aff[:3, :3] = rot @ np.diag(spacing)
+    aff[:3, 3] = origin
+    return aff
+
+
+@pytest.fixture
+def ct_file(tmp_path):
+    """Factory writing a NIfTI CT (array, affine) and returning its path."""
+
+    def _make(arr=None, affine=None, name="case.nii.gz"):
+        arr = simple_ct() if arr is None else arr
+        affine = np.diag([1.5, 1.5, 1.5, 1.0]) if affine is None else affine
+        path = tmp_path / name
+        nib.save(nib.Nifti1Image(np.asarray(arr), affine), str(path))
+        return path
+
+    return _make
+
+
+@pytest.fixture
+def shared_ct():
+    if not SHARED_CT.is_dir():
+        pytest.skip("../shared/data/ct is absent")
+    return SHARED_CT

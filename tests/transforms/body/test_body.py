@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from monai.data import MetaTensor
+
+from conftest import simple_ct
+from monai_simsid.transforms.body import BodyMask, BodyMaskd, body_bbox, compute_body_mask, region_index
+
+
+def test_body_mask_fills_lungs_and_drops_table():
+    arr = simple_ct()
+    arr[:, 2:4, :] = 200.0  # a thin "table" below the body, touching nothing
+    mask = compute_body_mask(arr, spacing=(1.5, 1.5, 1.5), opening_mm=3.0)
+    assert mask[20, 22, 16]  # lung centre is inside the body (hole filled)
+    assert not mask[:, 2:4, :].any()  # thin table removed by the opening
+    assert not mask[0, 0, 0]
+
+
+def test_body_mask_transform_keeps_type_and_geometry():
+    arr = simple_ct()[None]
+    img = MetaTensor(torch.as_tensor(arr), affine=torch.diag(torch.tensor([2.0, 2.0, 2.0, 1.0])))
+    out = BodyMask()(img)
+    assert isinstance(out, MetaTensor) and out.shape == img.shape
+    assert set(np.unique(out.numpy())) == {0.0, 1.0}
+    d = BodyMaskd("image")({"image": img})
+    assert torch.equal(d["body"], out)
+    with pytest.raises(ValueError):
+        BodyMask(opening_mm=-1)
+
+
+def test_region_index_is_body_normalised():
+    start, end = body_bbox(np.pad(np.ones((10, 10, 10)), 5))
+    assert list(start) == [5, 5, 5] and list(end) == [15, 15, 15]
+    grid = (3, 3, 3)
+    assert region_index((5, 5, 5), (2, 2, 2), start, end, grid) == 0
+    assert region_index((12, 12, 12), (2, 2, 2), start, end, grid) == 26
+    assert region_index((100, 100, 100), (2, 2, 2), start, end, grid) == 26  # clamped
+    assert region_index((9, 9, 9), (2, 2, 2), start, end, (1, 1, 1)) == 0
+    # same relative position in a bigger body -> same region
+    s2, e2 = np.array([0, 0, 0]), np.array([30, 30, 30])
+    assert region_index((0, 0, 20), (2, 2, 2), s2, e2, grid) == region_index((5, 5, 12), (2, 2, 2), start, end, grid)
