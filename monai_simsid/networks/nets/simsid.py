@@ -1,0 +1,199 @@
+"""SimSID-3D: Simple Space-aware memory matrix for In-painting and Detecting anomalies (dimension-agnostic)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from typing import NamedTuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from monai_simsid.networks.blocks.convolutions import ConvDecoder, ConvEncoder
+from monai_simsid.networks.blocks.inpainting import InpaintingBlock
+from monai_simsid.networks.blocks.memory import MemoryBlock
+from monai_simsid.networks.nets.discriminator import SimSIDDiscriminator
+
+__all__ = ["SimSID", "SimSIDOutput", "SimSIDTrainOutput"]
+
+_INTERP = {1: "linear", 2: "bilinear", 3: "trilinear"}
+
+
+class SimSIDTrainOutput(NamedTuple):
+    """Training-mode result of :class:`SimSID`."""
+
+    teacher_recon: torch.Tensor
+    student_recon: torch.Tensor
+    teacher_features: list[torch.Tensor]
+    student_features: list[torch.Tensor]
+
+
+class SimSIDOutput(NamedTuple):
+    """Eval-mode result of :class:`SimSID`.
+
+    Attributes:
+        reconstruction: student reconstruction, same shape as the input.
+        anomaly_map: ``(B, 1, *S)`` voxel anomaly map (higher = more anomalous).
+        score: ``(B,)`` window anomaly score: the negated discriminator logit of the reconstruction
+            (higher = less realistic = more anomalous); the mean anomaly map if there is no discriminator.
+    """
+
+    reconstruction: torch.Tensor
+    anomaly_map: torch.Tensor
+    score: torch.Tensor
+
+
+class SimSID(nn.Module):
+    """SimSID for 2D images or 3D CT windows.
+
+    Encoder -> in-painting block (space-aware memory + neighbour attention) -> student decoder (with memory
+    after its ``decoder_memory_levels`` deepest levels); a teacher decoder reconstructs from the detached
+    encoder features, and a discriminator scores reconstructions. One ``state_dict`` holds everything;
+    use :meth:`generator_parameters` / :meth:`discriminator_parameters` for two optimisers.
+
+    Args:
+        spatial_dims: 2 or 3 (1 also works).
+        in_channels: image channels (also the reconstruction channels).
+        roi_size: window size; each side must be divisible by ``2 ** len(channels) * block_grid``.
+        block_grid: blocks per axis at the bottleneck (the 2D paper uses (2, 2)).
+        region_grid: body-region grid; ``prod(region_grid)`` memory banks per block ((1,)*d disables it).
+        channels: encoder channels (the decoders use them reversed).
+        embed_dim, num_heads, num_slots, top_k, mask_ratio: in-painting / memory settings.
+        hierarchical_memory: use block / group / global memory in the in-painting block.
+        decoder_memory_levels: number of deepest student-decoder levels followed by a memory block.
+        with_discriminator: build ``self.discriminator``.
+        map_feature_weight: weight of the up-sampled in-painting feature error added to the anomaly map.
+        disc_channels: discriminator channels.
+        norm: norm of encoder/decoders.
+        out_act: optional activation on the reconstructions (e.g. ``"sigmoid"`` for [0, 1] images).
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int = 3,
+        in_channels: int = 1,
+        roi_size: Sequence[int] = (64, 64, 64),
+        block_grid: Sequence[int] = (2, 2, 2),
+        region_grid: Sequence[int] = (3, 3, 3),
+        channels: Sequence[int] = (16, 32, 64, 128),
+        embed_dim: int = 128,
+        num_heads: int = 8,
+        num_slots: int = 200,
+        top_k: int = 5,
+        mask_ratio: float = 1.0,
+        hierarchical_memory: bool = False,
+        decoder_memory_levels: int = 2,
+        with_discriminator: bool = True,
+        map_feature_weight: float = 0.0,
+        disc_channels: Sequence[int] = (16, 32, 64, 128, 256),
+        norm: str | tuple | None = "batch",
+        out_act: str | tuple | None = None,
+    ) -> None:
+        super().__init__()
+        if spatial_dims not in (1, 2, 3):
+            raise ValueError(f"spatial_dims must be 1, 2 or 3, got {spatial_dims}.")
+        for name, seq in (("roi_size", roi_size), ("block_grid", block_grid), ("region_grid", region_grid)):
+            if len(seq) != spatial_dims or any(int(v) < 1 for v in seq):
+                raise ValueError(f"{name} must have {spatial_dims} positive entries, got {tuple(seq)}.")
+        if len(channels) == 0:
+            raise ValueError("channels must not be empty.")
+        factor = 2 ** len(channels)
+        bad = [r for r, g in zip(roi_size, block_grid) if r % (factor * g)]
+        if bad:
+            raise ValueError(
+                f"roi_size {tuple(roi_size)} must be divisible per axis by 2**len(channels) * block_grid = "
+                f"{tuple(factor * g for g in block_grid)}."
+            )
+        if not 0 <= decoder_memory_levels <= len(channels):
+            raise ValueError(f"decoder_memory_levels must be in [0, {len(channels)}], got {decoder_memory_levels}.")
+        if map_feature_weight < 0:
+            raise ValueError(f"map_feature_weight must be >= 0, got {map_feature_weight}.")
+        if with_discriminator and min(roi_size) < 2 ** len(disc_channels):
+            raise ValueError(f"roi_size {tuple(roi_size)} too small for a {len(disc_channels)}-conv discriminator.")
+        self.spatial_dims = spatial_dims
+        self.roi_size = tuple(int(r) for r in roi_size)
+        self.block_grid = tuple(int(g) for g in block_grid)
+        self.region_grid = tuple(int(g) for g in region_grid)
+        self.num_regions = math.prod(self.region_grid)
+        self.map_feature_weight = float(map_feature_weight)
+        self.factor = factor
+
+        self.encoder = ConvEncoder(spatial_dims, in_channels, channels, norm=norm)
+        self.inpainting = InpaintingBlock(
+            spatial_dims, channels[-1], self.block_grid, embed_dim=embed_dim, num_heads=num_heads,
+            num_slots=num_slots, top_k=top_k, num_regions=self.num_regions, mask_ratio=mask_ratio,
+            hierarchical=hierarchical_memory,
+        )
+        dec_channels = tuple(reversed(channels))
+        self.teacher_decoder = ConvDecoder(spatial_dims, dec_channels, in_channels, norm=norm, out_act=out_act)
+        self.student_decoder = ConvDecoder(spatial_dims, dec_channels, in_channels, norm=norm, out_act=out_act)
+        self.decoder_memory = nn.ModuleList(
+            MemoryBlock(spatial_dims, dec_channels[i], self.block_grid, self.num_regions, num_slots, top_k)
+            for i in range(decoder_memory_levels)
+        )
+        self.discriminator = SimSIDDiscriminator(spatial_dims, in_channels, disc_channels) if with_discriminator else None
+
+    # ------------------------------------------------------------------ parameters
+    def generator_parameters(self) -> Iterator[nn.Parameter]:
+        """All parameters except the discriminator's."""
+        return (p for n, p in self.named_parameters() if not n.startswith("discriminator."))
+
+    def discriminator_parameters(self) -> Iterator[nn.Parameter]:
+        """The discriminator's parameters (empty if there is none)."""
+        return iter(()) if self.discriminator is None else self.discriminator.parameters()
+
+    # ------------------------------------------------------------------ forward
+    def _check_input(self, x: torch.Tensor, region: torch.Tensor | None) -> torch.Tensor:
+        if x.dim() != self.spatial_dims + 2:
+            raise ValueError(f"expected a (B, C, {self.spatial_dims} spatial dims) input, got {tuple(x.shape)}.")
+        if any(s % (self.factor * g) for s, g in zip(x.shape[2:], self.block_grid)):
+            raise ValueError(
+                f"input size {tuple(x.shape[2:])} not divisible by {tuple(self.factor * g for g in self.block_grid)}."
+            )
+        if region is None:
+            return torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        region = torch.as_tensor(region, device=x.device).reshape(-1).long()
+        if region.shape[0] != x.shape[0]:
+            raise ValueError(f"region must have {x.shape[0]} entries, got {region.shape[0]}.")
+        if region.numel() and (int(region.min()) < 0 or int(region.max()) >= self.num_regions):
+            raise ValueError(f"region indices must be in [0, {self.num_regions}).")
+        return region
+
+    def _student(self, z: torch.Tensor, region: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        hooks = {i: (lambda t, m=m: m(t, region)[0]) for i, m in enumerate(self.decoder_memory)}
+        return self.student_decoder(z, hooks)
+
+    def forward(self, x: torch.Tensor, region: torch.Tensor | None = None) -> SimSIDTrainOutput | SimSIDOutput:
+        """Run SimSID.
+
+        Args:
+            x: image windows ``(B, C, *roi)``.
+            region: optional ``(B,)`` long body-region index in ``[0, prod(region_grid))``.
+
+        Returns:
+            :class:`SimSIDTrainOutput` in training mode, :class:`SimSIDOutput` in eval mode.
+        """
+        region = self._check_input(x, region)
+        z = self.encoder(x)
+        inpainted = self.inpainting(z, region)
+        student_recon, student_feats = self._student(inpainted, region)
+        if self.training:
+            teacher_recon, teacher_feats = self.teacher_decoder(z.detach())
+            return SimSIDTrainOutput(teacher_recon, student_recon, teacher_feats, student_feats)
+        amap = (x - student_recon).abs().mean(1, keepdim=True)
+        if self.map_feature_weight > 0:
+            ferr = (inpainted - z).pow(2).mean(1, keepdim=True)
+            ferr = F.interpolate(ferr, size=x.shape[2:], mode=_INTERP[self.spatial_dims], align_corners=False)
+            amap = amap + self.map_feature_weight * ferr
+        if self.discriminator is not None:
+            score = -self.discriminate(student_recon)
+        else:
+            score = amap.flatten(1).mean(1)
+        return SimSIDOutput(student_recon, amap, score)
+
+    def discriminate(self, img: torch.Tensor) -> torch.Tensor:
+        """Discriminator logits ``(B,)`` (higher = more realistic)."""
+        if self.discriminator is None:
+            raise RuntimeError("this SimSID was built with with_discriminator=False.")
+        return self.discriminator(img).reshape(-1)
