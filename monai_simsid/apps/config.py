@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
-__all__ = ["bundle_root", "repo_root", "shared_config_path"]
+__all__ = ["bundle_root", "bundle_version", "repo_root", "shared_config_path"]
 
 
 def repo_root() -> Path:
@@ -25,3 +26,9 @@ def shared_config_path(name: str) -> Path:
 def bundle_root(name: str) -> str:
     """Folder of the bundle ``name`` inside ``bundles/``."""
     return str(repo_root() / "bundles" / name)
+
+
+def bundle_version(root: str | os.PathLike) -> str:
+    """The ``version`` field of a bundle's ``configs/metadata.json``."""
+    with open(Path(root) / "configs" / "metadata.json") as f:
+        return str(json.load(f)["version"])

@@ -95,6 +95,7 @@ def load_datalist(
     section: str = "training",
     check_files: bool = True,
     base_dir: str | os.PathLike | None = None,
+    missing_ok: bool = False,
 ) -> list[dict]:
     """Read one section of a Medical Segmentation Decathlon style datalist.
 
@@ -107,6 +108,7 @@ def load_datalist(
         section: which list to return.
         check_files: raise if a referenced file is missing.
         base_dir: resolve relative paths against this folder instead of the JSON's folder.
+        missing_ok: return an empty list when the section is absent.
 
     Returns:
         the entries with absolute paths.
@@ -124,6 +126,8 @@ def load_datalist(
         raise InputError(path, f"datalist is not valid JSON ({e.msg} at line {e.lineno})") from None
     if not isinstance(content, dict):
         raise InputError(path, "datalist must be a JSON object with 'training'/'validation'/'test' lists")
+    if section not in content and missing_ok:
+        return []
     if section not in content:
         raise InputError(path, f"datalist has no '{section}' section (found: {sorted(content)})")
     entries = content[section]

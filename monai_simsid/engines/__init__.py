@@ -1,1 +1,8 @@
-"""Subpackage."""
+"""Ignite engines."""
+
+from __future__ import annotations
+
+from .evaluator import AnomalyEvaluator
+from .simsid_trainer import SimSIDTrainer
+
+__all__ = ["AnomalyEvaluator", "SimSIDTrainer"]

@@ -1,7 +1,17 @@
-"""Ignite handlers: anomaly-detection metric handlers for MONAI workflows."""
+"""Ignite handlers: metric handlers, calibration and resume for MONAI workflows."""
 
 from __future__ import annotations
 
+from .calibration import CalibrationHandler, collect_normal_statistics
 from .metrics import SampleAP, SampleAUROC, VoxelAP, VoxelAUROC
+from .resume import ResumeHandler
 
-__all__ = ["SampleAP", "SampleAUROC", "VoxelAP", "VoxelAUROC"]
+__all__ = [
+    "CalibrationHandler",
+    "ResumeHandler",
+    "SampleAP",
+    "SampleAUROC",
+    "VoxelAP",
+    "VoxelAUROC",
+    "collect_normal_statistics",
+]

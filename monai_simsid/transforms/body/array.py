@@ -11,7 +11,7 @@ from monai.transforms import Transform
 from monai.utils import convert_to_dst_type
 from scipy import ndimage
 
-__all__ = ["BodyMask", "body_bbox", "compute_body_mask", "region_index"]
+__all__ = ["BodyMask", "body_bbox", "compute_body_mask", "region_index", "sample_window_starts"]
 
 
 def _spacing_from(img: NdarrayOrTensor, spacing: Sequence[float] | None) -> np.ndarray:
@@ -137,3 +137,27 @@ class BodyMask(Transform):
         ]
         out = np.stack(masks).astype(np.float32)
         return convert_to_dst_type(out, img, dtype=torch.float32 if isinstance(img, torch.Tensor) else np.float32)[0]
+
+
+def sample_window_starts(
+    body: np.ndarray, roi_size: Sequence[int], num_samples: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Start corners of ``num_samples`` windows whose centres are drawn uniformly from the body voxels.
+
+    The array must be at least ``roi_size`` on every axis; windows are shifted to stay inside it.
+
+    Returns:
+        ``(num_samples, ndim)`` int array.
+    """
+    shape = np.asarray(body.shape)
+    roi = np.asarray(roi_size, dtype=int)
+    if len(roi) != body.ndim:
+        raise ValueError(f"roi_size {tuple(roi)} does not match a {body.ndim}D mask.")
+    if np.any(shape < roi):
+        raise ValueError(f"array shape {tuple(shape)} is smaller than the window {tuple(roi)}; pad it first.")
+    idx = np.flatnonzero(body.reshape(-1) > 0)
+    if idx.size == 0:
+        centres = rng.integers(0, shape, size=(num_samples, body.ndim))
+    else:
+        centres = np.stack(np.unravel_index(rng.choice(idx, size=num_samples), body.shape), axis=-1)
+    return np.clip(centres - roi // 2, 0, shape - roi).astype(int)

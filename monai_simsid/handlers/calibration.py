@@ -1,0 +1,119 @@
+"""End-of-training calibration on normal scans, written with the model checkpoint."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+
+from monai_simsid.apps.calibration import compute_calibration
+from monai_simsid.apps.checkpoint import save_model_checkpoint
+from monai_simsid.inferers.anomaly import AnomalyInferer
+from monai_simsid.inferers.scoring import scan_score
+
+__all__ = ["CalibrationHandler", "collect_normal_statistics"]
+
+logger = logging.getLogger(__name__)
+
+
+def collect_normal_statistics(
+    network: torch.nn.Module,
+    inferer: AnomalyInferer,
+    items: Sequence[Mapping[str, Any]],
+    device: str | torch.device = "cpu",
+    topk_fraction: float = 0.001,
+    max_voxels_per_scan: int = 500_000,
+    seed: int = 0,
+) -> tuple[list[float], list[float], np.ndarray]:
+    """Raw scan scores, discriminator window scores and sampled body-voxel values of normal scans."""
+    rng = np.random.default_rng(seed)
+    scan_scores, window_scores, voxels = [], [], []
+    network.eval()
+    for item in items:
+        x = torch.as_tensor(item["image"])[None].to(device).float()
+        body = torch.as_tensor(item["body"])[None].to(device)
+        res = inferer(x, network, body)
+        scan_scores.append(scan_score(res.anomaly_map[0], res.score_map[0], body[0], "topk", topk_fraction))
+        window_scores.append(scan_score(res.anomaly_map[0], res.score_map[0], body[0], "discriminator"))
+        vals = res.anomaly_map[0][body[0] > 0.5].float().cpu().numpy()
+        if vals.size > max_voxels_per_scan:
+            vals = rng.choice(vals, max_voxels_per_scan, replace=False)
+        voxels.append(vals)
+    return scan_scores, window_scores, np.concatenate(voxels) if voxels else np.zeros(0)
+
+
+class CalibrationHandler:
+    """At the end of training, calibrate on normal scans and write ``model.pt`` (weights + calibration + meta).
+
+    Thresholds and score normalisation come from normal data only: validation normals, or held-back training
+    normals. Test labels are never seen here.
+
+    Args:
+        network: the trained model.
+        inferer: the sliding-window inferer used at inference.
+        items: preprocessed normal scans (dicts with ``image`` and ``body``).
+        output_path: where to write the model checkpoint.
+        bundle_name, bundle_version, model_config: identity recorded in the checkpoint.
+        fpr: scan-level false-positive rate of the threshold.
+        voxel_fpr: fraction of normal body voxels above the voxel threshold.
+        source: description of the normals used.
+        topk_fraction: scan score setting (must match inference).
+    """
+
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        inferer: AnomalyInferer,
+        items: Sequence[Mapping[str, Any]],
+        output_path: str | os.PathLike,
+        bundle_name: str,
+        bundle_version: str,
+        model_config: Mapping[str, Any],
+        fpr: float = 0.05,
+        voxel_fpr: float = 0.001,
+        source: str = "validation normals",
+        topk_fraction: float = 0.001,
+        extra_meta: Mapping[str, Any] | None = None,
+    ) -> None:
+        if not items:
+            raise ValueError("calibration needs at least one normal scan.")
+        self.network = network
+        self.inferer = inferer
+        self.items = list(items)
+        self.output_path = output_path
+        self.bundle_name = bundle_name
+        self.bundle_version = bundle_version
+        self.model_config = model_config
+        self.fpr = fpr
+        self.voxel_fpr = voxel_fpr
+        self.source = source
+        self.topk_fraction = topk_fraction
+        self.extra_meta = extra_meta
+        self.calibration: dict[str, Any] | None = None
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine: Engine | None = None) -> dict[str, Any]:
+        device = engine.state.device if engine is not None and hasattr(engine.state, "device") else "cpu"
+        scans, windows, voxels = collect_normal_statistics(
+            self.network, self.inferer, self.items, device, self.topk_fraction
+        )
+        self.calibration = compute_calibration(
+            scans, voxels, windows, fpr=self.fpr, voxel_fpr=self.voxel_fpr, source=self.source
+        )
+        self.calibration["topk_fraction"] = self.topk_fraction
+        extra = dict(self.extra_meta or {})
+        if engine is not None:
+            extra.update({"epoch": int(engine.state.epoch), "iteration": int(engine.state.iteration)})
+        save_model_checkpoint(
+            self.output_path, self.network, self.bundle_name, self.bundle_version, self.model_config,
+            self.calibration, extra,
+        )
+        logger.info("calibrated on %d normal scans (%s); wrote %s", len(scans), self.source, self.output_path)
+        return self.calibration

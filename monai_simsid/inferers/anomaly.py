@@ -1,0 +1,114 @@
+"""Full-scan sliding-window inference for anomaly models, with per-window body-region keys."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from monai.inferers import Inferer, sliding_window_inference
+
+from monai_simsid.transforms.body.array import body_bbox, region_index
+
+__all__ = ["AnomalyInferer", "AnomalyInferenceResult"]
+
+
+class AnomalyInferenceResult(NamedTuple):
+    """Stitched outputs over a whole scan.
+
+    Attributes:
+        anomaly_map: ``(B, 1, *S)`` voxel anomaly map, Gaussian-blended over overlapping windows.
+        score_map: ``(B, 1, *S)`` each window's scalar score spread over its window and blended the same way.
+    """
+
+    anomaly_map: torch.Tensor
+    score_map: torch.Tensor
+
+
+class AnomalyInferer(Inferer):
+    """Slide a window over a whole preprocessed scan and stitch the model's anomaly maps.
+
+    The predictor receives each window's coordinates (MONAI's ``with_coord``), so every window reads the memory of
+    its body region: the window centre is located in the body bounding box divided into ``region_grid`` cells (see
+    :func:`~monai_simsid.transforms.body.region_index`).
+
+    The network is called as ``network(windows, region)`` in eval mode and must return an object with an
+    ``anomaly_map`` ``(N, 1, *roi)`` and a ``score`` ``(N,)`` attribute (the named result of every model here).
+
+    Args:
+        roi_size: window size.
+        region_grid: body-region grid of the model ((1, 1, 1) when the model has no region key).
+        sw_batch_size: windows per forward pass.
+        overlap: window overlap fraction.
+        mode: blending mode ("gaussian" or "constant").
+        sw_device: device for the windows (e.g. "cuda") while stitching happens on ``device``.
+        device: device of the stitched output (e.g. "cpu" for big scans).
+        progress: show a progress bar.
+    """
+
+    def __init__(
+        self,
+        roi_size: Sequence[int],
+        region_grid: Sequence[int] = (1, 1, 1),
+        sw_batch_size: int = 4,
+        overlap: float = 0.25,
+        mode: str = "gaussian",
+        sw_device: torch.device | str | None = None,
+        device: torch.device | str | None = None,
+        progress: bool = False,
+    ) -> None:
+        super().__init__()
+        if not 0 <= overlap < 1:
+            raise ValueError(f"overlap must be in [0, 1), got {overlap}.")
+        if sw_batch_size < 1:
+            raise ValueError(f"sw_batch_size must be >= 1, got {sw_batch_size}.")
+        self.roi_size = tuple(int(r) for r in roi_size)
+        self.region_grid = tuple(int(r) for r in region_grid)
+        self.sw_batch_size = sw_batch_size
+        self.overlap = overlap
+        self.mode = mode
+        self.sw_device = sw_device
+        self.device = device
+        self.progress = progress
+
+    def __call__(  # type: ignore[override]
+        self, inputs: torch.Tensor, network: Any, body: torch.Tensor | None = None, *args: Any, **kwargs: Any
+    ) -> AnomalyInferenceResult:
+        """Run on ``inputs`` ``(B, C, *S)``; ``body`` ``(B, 1, *S)`` defines the region frame (whole scan if None)."""
+        if inputs.ndim != len(self.roi_size) + 2:
+            raise ValueError(f"expected inputs (B, C, {len(self.roi_size)} spatial dims), got {tuple(inputs.shape)}.")
+        if body is None:
+            boxes = [(np.zeros(len(self.roi_size), int), np.asarray(inputs.shape[2:]))] * inputs.shape[0]
+        else:
+            boxes = [body_bbox(b[0] > 0.5) for b in body]
+        # the window can be larger than the scan: sliding_window_inference pads, so the coordinates refer to the
+        # padded scan; shift the boxes by the same symmetric padding
+        pad = [max(r - s, 0) // 2 for r, s in zip(self.roi_size, inputs.shape[2:])]
+
+        def predictor(windows: torch.Tensor, coords: list) -> tuple[torch.Tensor, torch.Tensor]:
+            regions = []
+            for c in coords:
+                b = c[0].start
+                start = [s.start - p for s, p in zip(c[2:], pad)]
+                regions.append(region_index(start, self.roi_size, boxes[b][0], boxes[b][1], self.region_grid))
+            region = torch.as_tensor(regions, dtype=torch.long, device=windows.device)
+            out = network(windows, region)
+            score = out.score.float().reshape(-1, *([1] * (windows.ndim - 1))) * torch.ones_like(out.anomaly_map, dtype=torch.float32)
+            return out.anomaly_map.float(), score.float()
+
+        with torch.no_grad():
+            amap, smap = sliding_window_inference(
+                inputs,
+                roi_size=self.roi_size,
+                sw_batch_size=self.sw_batch_size,
+                predictor=predictor,
+                overlap=self.overlap,
+                mode=self.mode,
+                padding_mode="replicate",
+                sw_device=self.sw_device,
+                device=self.device,
+                progress=self.progress,
+                with_coord=True,
+            )
+        return AnomalyInferenceResult(amap, smap)
