@@ -58,3 +58,19 @@ def shared_ct():
     if not SHARED_CT.is_dir():
         pytest.skip("../shared/data/ct is absent")
     return SHARED_CT
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def synthetic_dataset(tmp_path_factory):
+    """A tiny synthetic chest-CT dataset (4 normals, 2 abnormals, 40^3 voxels of 3 mm) with its datalist."""
+    from monai_simsid.data.synthetic import write_synthetic_dataset
+
+    out = tmp_path_factory.mktemp("synthetic")
+    return write_synthetic_dataset(out, num_normal=4, num_abnormal=2, size=40, spacing=3.0, seed=3, num_val_normal=2)
+
+
+def bundle_config(bundle: str, name: str) -> str:
+    return str(REPO_ROOT / "bundles" / bundle / "configs" / name)

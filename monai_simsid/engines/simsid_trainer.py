@@ -6,17 +6,17 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from monai.engines import Trainer
 from monai.engines.utils import default_metric_cmp_fn
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
+from monai_simsid.engines.base import AnomalyTrainer
 from monai_simsid.losses.simsid import AdversarialLoss, SimSIDLoss
 
 __all__ = ["SimSIDTrainer"]
 
 
-class SimSIDTrainer(Trainer):
+class SimSIDTrainer(AnomalyTrainer):
     """Train SimSID on windows of normal scans.
 
     Each iteration (the way MONAI's ``GanTrainer`` splits its steps):
@@ -86,25 +86,6 @@ class SimSIDTrainer(Trainer):
         self.adv_every = adv_every
         self.image_key = image_key
         self.region_key = region_key
-        use_cuda_amp = amp and torch.device(device).type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda") if use_cuda_amp else None
-        self._autocast_device = torch.device(device).type if use_cuda_amp else None
-
-    def _autocast(self):
-        if self._autocast_device is None:
-            return torch.autocast("cpu", enabled=False)
-        return torch.autocast(self._autocast_device)
-
-    def _step(self, loss: torch.Tensor, optimizer: Optimizer) -> None:
-        optimizer.zero_grad(set_to_none=True)
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-            self.scaler.step(optimizer)
-            self.scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
-
     def _iteration(self, engine: SimSIDTrainer, batchdata: dict[str, Any]) -> dict[str, float]:  # type: ignore[override]
         if batchdata is None:
             raise ValueError("must provide batch data for current iteration.")
