@@ -26,7 +26,8 @@ def compute_calibration(
         voxel_samples: raw anomaly-map values sampled inside the body of normal scans.
         window_scores: raw per-scan discriminator scores of normal scans (SimSID's sigmoid normalisation).
         fpr: target false-positive rate at the scan level; the threshold is the ``1 - fpr`` quantile of the
-            normal scan scores (with few scans, at least the mean + 1.645 sd under a normal approximation).
+            normal scan scores (with fewer than 20 scans, at least the mean + 1.645 sd under a normal
+            approximation, where the sd is floored at 5% of the mean score).
         voxel_fpr: fraction of normal body voxels allowed above the voxel threshold.
         source: where the normals came from (written to every report).
 
@@ -39,7 +40,8 @@ def compute_calibration(
     if not 0 < fpr < 1 or not 0 < voxel_fpr < 1:
         raise ValueError("fpr and voxel_fpr must be in (0, 1).")
     mean, std = float(s.mean()), float(s.std(ddof=1)) if s.size > 1 else 0.0
-    std = max(std, 1e-6 * max(abs(mean), 1.0), 1e-12)
+    # with a handful of normal scans the sample sd is unreliable: never let it fall below 5% of the mean score
+    std = max(std, 0.05 * abs(mean), 1e-12)
     threshold = max(float(np.quantile(s, 1 - fpr)), mean + 1.645 * std if s.size < 20 else -np.inf)
     v = np.asarray(voxel_samples, dtype=float).reshape(-1)
     if v.size == 0:

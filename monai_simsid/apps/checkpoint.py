@@ -14,7 +14,7 @@ import torch
 from monai_simsid.utils.atomic import atomic_torch_save
 from monai_simsid.utils.errors import InputError
 
-__all__ = ["latest_checkpoint", "load_model_checkpoint", "save_model_checkpoint"]
+__all__ = ["latest_checkpoint", "load_model_checkpoint", "load_weights", "save_model_checkpoint"]
 
 
 def save_model_checkpoint(
@@ -76,11 +76,7 @@ def load_model_checkpoint(
             detail = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs config {_plain(model_config.get(k))!r}" for k in sorted(diff))
             raise InputError(p, f"checkpoint model config is incompatible ({detail})")
     if network is not None:
-        net = network.module if hasattr(network, "module") else network
-        try:
-            net.load_state_dict(ckpt["network"])
-        except RuntimeError as e:
-            raise InputError(p, f"weights do not fit the network ({str(e).splitlines()[0][:200]})") from None
+        load_weights(network, ckpt, p)
     return ckpt
 
 
@@ -95,3 +91,13 @@ def latest_checkpoint(folder: str | os.PathLike, pattern: str = "checkpoint_*.pt
         return int(nums[-1]) if nums else -1
 
     return max(files, key=lambda f: (step(f), os.path.getmtime(f)))
+
+
+def load_weights(network: torch.nn.Module, checkpoint: Mapping[str, Any], path: str | os.PathLike = "checkpoint") -> torch.nn.Module:
+    """Load a checkpoint's weights into ``network`` (clear error when they do not fit) and return it."""
+    net = network.module if hasattr(network, "module") else network
+    try:
+        net.load_state_dict(checkpoint["network"])
+    except RuntimeError as e:
+        raise InputError(path, f"weights do not fit the network ({str(e).splitlines()[0][:200]})") from None
+    return network

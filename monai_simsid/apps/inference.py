@@ -1,0 +1,295 @@
+"""Full-scan inference with calibrated outputs in the input's own geometry, and the per-case clinical export."""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from monai.transforms import Compose
+
+from monai_simsid.apps.calibration import calibrate_map, calibrate_score
+from monai_simsid.apps.preprocessing import invert_to_input
+from monai_simsid.data.datalist import case_name
+from monai_simsid.data.datasets import preprocess_all
+from monai_simsid.export import ScoresTable, build_report, save_nifti, save_overview_png, save_slicer_segmentation, write_report
+from monai_simsid.inferers.anomaly import AnomalyInferer
+from monai_simsid.inferers.scoring import scan_score
+from monai_simsid.transforms.io.array import LoadCT
+from monai_simsid.transforms.post.array import extract_findings, postprocess_anomaly_map, spacing_from_affine
+from monai_simsid.utils.atomic import atomic_write_text
+from monai_simsid.utils.errors import InputError, find_input_error
+
+__all__ = ["AnomalyPredictor", "CasePrediction", "evaluate_cases"]
+
+logger = logging.getLogger(__name__)
+
+
+class CasePrediction(NamedTuple):
+    """One scan's result in the input geometry.
+
+    Attributes:
+        case: case name.
+        anomaly_map: float32 (X, Y, Z) in [0, 1], 0.5 = voxel threshold, 0 outside the body.
+        mask: uint8 (X, Y, Z) components after post-processing (1..K, by peak score).
+        affine: the input's 4x4 RAS affine.
+        score: calibrated scan score in (0, 1), 0.5 = scan threshold.
+        raw_score: the uncalibrated scan score.
+        label: "normal" or "anomalous".
+        findings: one dict per component.
+        timings: seconds per stage.
+        body: bool (X, Y, Z) body mask in the input geometry.
+    """
+
+    case: str
+    anomaly_map: np.ndarray
+    mask: np.ndarray
+    affine: np.ndarray
+    score: float
+    raw_score: float
+    label: str
+    findings: list
+    timings: dict
+    body: np.ndarray
+
+
+class AnomalyPredictor:
+    """Run a calibrated anomaly model over whole scans and write what a reader needs.
+
+    Per case, under ``output_dir/<case>/``: ``<case>_anomaly_map.nii.gz`` (float32, [0, 1], 0.5 = threshold, the
+    input's exact shape and affine, 0 outside the body), ``<case>_anomaly_mask.nii.gz`` (uint8 components),
+    ``<case>_anomaly.seg.nrrd`` (3D Slicer segmentation), ``<case>_report.json`` and ``<case>_overview.png``; plus
+    ``output_dir/scores.csv`` and, when a case fails, ``output_dir/errors.csv``. Every file is written atomically.
+
+    Args:
+        network: the trained model (loaded weights).
+        inferer: the sliding-window inferer (the model's roi and region grid).
+        preprocessing: the shared chain used in training (same settings).
+        calibration: the checkpoint's calibration (computed on normal scans).
+        bundle_name, bundle_version: written to every report.
+        preprocessing_settings: written to every report.
+        device: where the model runs.
+        score_method: scan score method (see :func:`~monai_simsid.inferers.scoring.scan_score`).
+        sigma_mm, min_volume_mm3: post-processing (smoothing, minimum component volume).
+        write_png, write_seg: optional outputs.
+    """
+
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        inferer: AnomalyInferer,
+        preprocessing: Compose,
+        calibration: Mapping[str, Any],
+        bundle_name: str,
+        bundle_version: str,
+        preprocessing_settings: Mapping[str, Any] | None = None,
+        device: str | torch.device = "cpu",
+        score_method: str = "topk",
+        sigma_mm: float = 1.5,
+        min_volume_mm3: float = 100.0,
+        write_png: bool = True,
+        write_seg: bool = True,
+    ) -> None:
+        if calibration is None:
+            raise ValueError("the checkpoint has no calibration; train with the bundle's train.json (it calibrates).")
+        self.network = network.to(device).eval()
+        self.inferer = inferer
+        self.preprocessing = preprocessing
+        self.calibration = dict(calibration)
+        self.bundle_name = bundle_name
+        self.bundle_version = bundle_version
+        self.preprocessing_settings = dict(preprocessing_settings or {})
+        self.device = torch.device(device)
+        self.score_method = score_method
+        self.sigma_mm = sigma_mm
+        self.min_volume_mm3 = min_volume_mm3
+        self.write_png = write_png
+        self.write_seg = write_seg
+        self._loader = LoadCT(check_ct=False)
+
+    # ----------------------------------------------------------------- prediction
+    def predict(self, item: Mapping[str, Any], return_image: bool = False) -> CasePrediction | tuple[CasePrediction, np.ndarray]:
+        """Predict one case (``{"image": path}``) without writing anything.
+
+        Args:
+            item: the case.
+            return_image: also return the input volume in HU (X, Y, Z), e.g. for the overview picture.
+        """
+        t0 = time.perf_counter()
+        data = preprocess_all([dict(item)], self.preprocessing)[0]
+        t1 = time.perf_counter()
+        x = torch.as_tensor(data["image"])[None].float().to(self.device)
+        body = torch.as_tensor(data["body"])[None].to(self.device)
+        res = self.inferer(x, self.network, body)
+        t2 = time.perf_counter()
+        raw_map = res.anomaly_map[0].cpu()
+        body_ms = body[0].cpu()
+        topk = self.calibration.get("topk_fraction", 0.001)
+        raw_score = scan_score(raw_map, res.score_map[0].cpu(), body_ms, self.score_method, topk)
+        cal_map = calibrate_map(raw_map, self.calibration) * (body_ms > 0.5)
+        out_map = invert_to_input(cal_map, data, self.preprocessing)[0].numpy()
+        out_map = np.clip(np.nan_to_num(out_map, nan=0.0), 0.0, 1.0).astype(np.float32)
+        body_in = invert_to_input(body_ms.float(), data, self.preprocessing, nearest=True)[0].numpy() > 0.5
+        out_map[~body_in] = 0.0
+        original = self._loader(item["image"])
+        affine = np.asarray(original.affine, dtype=np.float64)
+        if out_map.shape != tuple(original.shape[1:]):
+            raise RuntimeError(f"internal error: map shape {out_map.shape} != input shape {tuple(original.shape[1:])}")
+        spacing = spacing_from_affine(affine)
+        mask, _ = postprocess_anomaly_map(out_map, spacing, sigma_mm=self.sigma_mm, min_volume_mm3=self.min_volume_mm3, body_mask=body_in)
+        findings = extract_findings(out_map, mask, affine)
+        t3 = time.perf_counter()
+        score = calibrate_score(raw_score, self.calibration)
+        label = "anomalous" if raw_score >= self.calibration["scan_threshold"] else "normal"
+        timings = {"preprocess_s": t1 - t0, "model_s": t2 - t1, "postprocess_s": t3 - t2}
+        pred = CasePrediction(case_name(item["image"]), out_map, mask, affine, score, raw_score, label, findings, timings, body_in)
+        return (pred, original[0].numpy()) if return_image else pred
+
+    # ----------------------------------------------------------------- writing
+    def write(self, pred: CasePrediction, output_dir: str | os.PathLike, image_hu: np.ndarray | None = None) -> Path:
+        """Write one case's files under ``output_dir/<case>/`` (atomically)."""
+        t0 = time.perf_counter()
+        folder = Path(output_dir) / pred.case
+        folder.mkdir(parents=True, exist_ok=True)
+        stem = folder / pred.case
+        save_nifti(pred.anomaly_map, pred.affine, f"{stem}_anomaly_map.nii.gz", dtype=np.float32)
+        save_nifti(pred.mask, pred.affine, f"{stem}_anomaly_mask.nii.gz", dtype=np.uint8)
+        if self.write_seg:
+            save_slicer_segmentation((pred.mask > 0).astype(np.uint8), pred.affine, f"{stem}_anomaly.seg.nrrd")
+        report = build_report(
+            case=pred.case,
+            score=pred.score,
+            label=pred.label,
+            threshold=0.5,
+            threshold_source=(
+                f"calibrated so that 0.5 = the {100 * (1 - self.calibration['fpr']):.0f}th percentile of normal scan "
+                f"scores ({self.calibration['source']}); raw threshold {self.calibration['scan_threshold']:.6g}"
+            ),
+            findings=pred.findings,
+            bundle_name=self.bundle_name,
+            bundle_version=self.bundle_version,
+            preprocessing=self.preprocessing_settings,
+            extra={
+                "raw_score": pred.raw_score,
+                "score_method": self.score_method,
+                "voxel_threshold": {
+                    "calibrated": 0.5,
+                    "raw": self.calibration["voxel_threshold"],
+                    "normal_voxel_fpr": self.calibration["voxel_fpr"],
+                },
+                "postprocessing": {"sigma_mm": self.sigma_mm, "min_volume_mm3": self.min_volume_mm3},
+                "timings_s": pred.timings,
+            },
+        )
+        if self.write_png and image_hu is not None:
+            save_overview_png(image_hu, pred.anomaly_map, pred.affine, f"{stem}_overview.png", findings=pred.findings, case=pred.case, score=pred.score, label=pred.label)
+        report["timings_s"]["write_s"] = time.perf_counter() - t0
+        write_report(report, f"{stem}_report.json")
+        return folder
+
+    def run(self, entries: Sequence[Mapping[str, Any]], output_dir: str | os.PathLike, fail_on_error: bool | None = None) -> dict:
+        """Predict and write every entry; a bad case is skipped and listed in ``errors.csv``.
+
+        Args:
+            entries: ``{"image": path}`` dicts (a datalist section or a folder listing).
+            output_dir: the output folder (created if needed).
+            fail_on_error: raise on the first bad case. Default: only when there is a single input.
+
+        Returns:
+            ``{"done": [...], "failed": [(path, problem), ...]}``.
+
+        Raises:
+            InputError: a single input (or ``fail_on_error``) that cannot be processed, or an unusable output folder.
+        """
+        out = Path(output_dir)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise InputError(out, f"cannot create the output folder ({e.strerror})") from None
+        if not os.access(out, os.W_OK):
+            raise InputError(out, "output folder is not writable")
+        fail_fast = len(entries) == 1 if fail_on_error is None else fail_on_error
+        table = ScoresTable.read(out / "scores.csv") if (out / "scores.csv").is_file() else ScoresTable()
+        done, failed = [], []
+        for item in entries:
+            try:
+                pred, hu = self.predict(item, return_image=True)
+                self.write(pred, out, hu)
+                table.add(pred.case, pred.score, pred.label, len(pred.findings))
+                table.write(out / "scores.csv")
+                done.append(pred.case)
+                logger.info("%s: score %.3f (%s), %d finding(s)", pred.case, pred.score, pred.label, len(pred.findings))
+            except Exception as exc:  # noqa: BLE001 - one bad case must not stop the batch
+                err = find_input_error(exc) or InputError(item.get("image"), f"{type(exc).__name__}: {exc}")
+                if fail_fast:
+                    raise err from None
+                logger.error("skipping %s", err)
+                failed.append((err.path, err.problem))
+        if failed:
+            buf = io.StringIO()
+            w = csv.writer(buf)
+            w.writerow(["input", "problem"])
+            w.writerows(failed)
+            atomic_write_text(out / "errors.csv", buf.getvalue())
+            logger.warning("%d of %d case(s) failed; see %s", len(failed), len(entries), out / "errors.csv")
+        return {"done": done, "failed": failed}
+
+
+def evaluate_cases(
+    predictor: AnomalyPredictor,
+    entries: Sequence[Mapping[str, Any]],
+    output_dir: str | os.PathLike,
+    write_outputs: bool = True,
+) -> dict:
+    """Predict every entry, then compute sample, voxel and lesion metrics against the entries' labels.
+
+    Entries without a ``label`` are normal scans (sample label 0). Voxel metrics are computed inside each scan's
+    body mask, in the input geometry, pooled over the lesion cases. Thresholds are the calibrated 0.5 at both
+    levels (they come from normal data); ``best_dice`` is an oracle over thresholds and is reported as such.
+    Writes ``output_dir/metrics.json`` (atomically) and returns the metrics.
+    """
+    from monai_simsid.export.report import to_jsonable
+    from monai_simsid.metrics import compute_all_metrics
+
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    label_loader = LoadCT(is_label=True)
+    scores, labels, maps, masks, regions, cases = [], [], [], [], [], []
+    for item in entries:
+        pred, hu = predictor.predict(item, return_image=True)
+        if write_outputs:
+            predictor.write(pred, out, hu)
+        has_label = bool(item.get("label"))
+        lesion = None
+        if has_label:
+            lesion = label_loader(item["label"])[0].numpy() > 0.5
+            if lesion.shape != pred.anomaly_map.shape:
+                raise InputError(item["label"], f"label shape {lesion.shape} differs from image shape {pred.anomaly_map.shape}")
+        scores.append(pred.score)
+        labels.append(int(has_label and lesion is not None and lesion.any()))
+        cases.append({"case": pred.case, "score": pred.score, "label": pred.label, "lesion_case": bool(labels[-1])})
+        if lesion is not None and lesion.any():
+            maps.append(pred.anomaly_map)
+            masks.append(lesion)
+            regions.append(pred.body | lesion)
+    metrics = compute_all_metrics(
+        sample_scores=scores,
+        sample_labels=labels,
+        sample_threshold=0.5,
+        anomaly_maps=maps or None,
+        lesion_masks=masks or None,
+        region_masks=regions or None,
+        voxel_threshold=0.5,
+    )
+    result = {"bundle": predictor.bundle_name, "version": predictor.bundle_version, "num_cases": len(cases), "metrics": metrics, "cases": cases}
+    import json
+
+    atomic_write_text(out / "metrics.json", json.dumps(to_jsonable(result), indent=2))
+    return result
