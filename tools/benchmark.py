@@ -1,0 +1,632 @@
+#!/usr/bin/env python
+"""Real-data benchmark: evaluate anomaly-map methods side by side on the shared CT data.
+
+Example::
+
+    python tools/benchmark.py --data-dir ../shared/data/ct --methods intensity_rule,local_zscore \\
+        --out docs/benchmark_results.json
+
+Parts (each method runs on the same data, in the file's voxel grid reoriented to the closest RAS axes):
+
+- **lung2** (``lesion/lung2_ct.nii.gz`` + ``lung2_lesion.nii.gz``): voxel AUROC and AP inside the benchmark's lung
+  region (:func:`monai_simsid.apps.rules.lung_region_mask`), best Dice (an *oracle*: its threshold is chosen on
+  the ground truth), whether the top-scoring voxel inside the body lies on the tumour and its distance to the tumour
+  in mm, seconds per scan (the method's own call, lung region included) and the process's peak RSS so far.
+  Ties: every voxel within ``1e-6`` (relative) of the maximum counts as a top voxel; "on tumour" is the fraction of
+  them on the tumour (the expected hit of a random tie-break), shown "yes" when >= 0.5, and the distance is their
+  mean distance.
+- **LIDC crops** (``lidc_nodules/image/X`` pairs with ``lidc_nodules/mask/X``): per-crop voxel AUROC (nodule vs the
+  rest of the crop), averaged over crops, and the detection rate per nodule diameter bin (< 6, 6-10, 10-20,
+  > 20 mm, ``diameter_mm`` of ``nodules.csv``). A nodule is *detected* when the top-scoring voxel of its crop lies
+  inside its mask (ties as above: the fraction of tied top voxels inside). Crops hold no body outline: the rules use
+  :func:`monai_simsid.apps.rules.crop_lung_region_mask` (HU < -400 closed by 20 mm, dilated by 5 mm, no body/skin
+  step; in practice nearly the whole crop).
+- **Normal scans** (sample level): the scan score (mean of the top 0.1% of the map inside the lung region) of each
+  normal chest scan (``normal/chest_*``) and of lung2, and the sample AUROC (normals vs lung2). A method fitted on
+  normal scans (``local_zscore``) is fitted leave-one-out when scoring a normal scan, on all of them for lung2 and
+  for the LIDC crops.
+
+Adding a method
+---------------
+Register a factory in :data:`METHODS` (or handle a name prefix in :func:`resolve_method`). A factory takes a
+:class:`BenchmarkContext` and returns a *MapFn* ``(image_path, image_hu, affine, spacing) -> float32 map`` of the
+input's shape (higher = more anomalous). The context says which normal scans the method may fit on
+(``ctx.training_paths``, already leave-one-out) and whether the inputs are whole scans or small lung VOIs
+(``ctx.region``). Learned models will be ``model:<bundle_name>:<ckpt_path>`` and call
+``monai_simsid.apps.inference.predict_map``; that hook is a TODO (it raises ``NotImplementedError``).
+
+When the data folder is absent the tool prints a message and exits with status 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import resource
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+from scipy import ndimage
+
+try:
+    from monai_simsid.apps.rules import LocalZScoreRule, crop_lung_region_mask, intensity_rule_map, lung_region_mask
+except ImportError:  # running from a checkout without the package installed
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from monai_simsid.apps.rules import LocalZScoreRule, crop_lung_region_mask, intensity_rule_map, lung_region_mask
+from monai_simsid.metrics import compute_best_dice, compute_sample_auroc, compute_voxel_ap, compute_voxel_auroc
+from monai_simsid.transforms.body.array import compute_body_mask
+
+__all__ = [
+    "DEFAULT_DATA_DIR",
+    "DIAMETER_BINS",
+    "METHODS",
+    "BenchmarkContext",
+    "MapFn",
+    "build_parser",
+    "evaluate_lidc",
+    "evaluate_lung2",
+    "evaluate_normals",
+    "format_markdown",
+    "load_volume",
+    "main",
+    "resolve_method",
+    "run_benchmark",
+    "scan_score",
+    "top_voxel_hit",
+]
+
+#: ``../shared/data/ct`` next to the repository.
+DEFAULT_DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ct"
+#: nodule diameter bins in mm: ``[lo, hi)``.
+DIAMETER_BINS: tuple[tuple[str, float, float], ...] = (
+    ("<6", 0.0, 6.0),
+    ("6-10", 6.0, 10.0),
+    ("10-20", 10.0, 20.0),
+    (">20", 20.0, float("inf")),
+)
+TOP_FRACTION = 0.001  # scan score: mean of the top 0.1% voxels of the lung region
+TIE_RTOL = 1e-6
+
+#: ``(image_path, image_hu, affine, spacing) -> float32 anomaly map`` of the image's shape.
+MapFn = Callable[[Path, np.ndarray, np.ndarray, tuple], np.ndarray]
+
+
+def load_volume(path: str | Path, dtype: Any = np.float32) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+    """Load a NIfTI volume reoriented to the closest RAS axes (no resampling).
+
+    Returns:
+        ``(array, affine, spacing)`` with the array in ``dtype`` and the spacing in mm.
+    """
+    img = nib.as_closest_canonical(nib.load(str(path)))
+    arr = np.asarray(img.dataobj, dtype=dtype)
+    if arr.ndim == 4 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    spacing = tuple(float(s) for s in img.header.get_zooms()[:3])
+    return arr, np.asarray(img.affine, dtype=float), spacing  # type: ignore[return-value]
+
+
+@dataclass
+class BenchmarkContext:
+    """What a method factory may use.
+
+    Attributes:
+        data_dir: the shared CT folder.
+        training_paths: normal scans the method may fit on (leave-one-out already applied).
+        region: ``"scan"`` for whole chest scans, ``"crop"`` for small VOIs inside the lung (LIDC).
+        cache: shared between contexts of one run (e.g. loaded normal scans and their lung regions).
+    """
+
+    data_dir: Path
+    training_paths: list[Path]
+    region: str = "scan"
+    cache: dict = field(default_factory=dict)
+
+    def lung_mask(self, image_hu: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
+        """The benchmark's lung region for this context's kind of input."""
+        if self.region == "crop":
+            return crop_lung_region_mask(image_hu, spacing)
+        return lung_region_mask(image_hu, spacing)
+
+    def training_data(self) -> list[tuple[np.ndarray, np.ndarray, tuple]]:
+        """``(image_hu, lung_region, spacing)`` of each training normal scan, loaded once per run."""
+        out = []
+        for p in self.training_paths:
+            key = ("normal", str(p))
+            if key not in self.cache:
+                img, affine, sp = load_volume(p)
+                self.cache[key] = (img, lung_region_mask(img, sp), sp, affine)
+            out.append(self.cache[key][:3])
+        return out
+
+
+def _intensity_rule(ctx: BenchmarkContext) -> MapFn:
+    def fn(path, image_hu, affine, spacing):
+        return intensity_rule_map(image_hu, ctx.lung_mask(image_hu, spacing), spacing)
+
+    return fn
+
+
+def _local_zscore(ctx: BenchmarkContext) -> MapFn:
+    key = ("local_zscore", tuple(str(p) for p in ctx.training_paths))
+    if key not in ctx.cache:
+        data = ctx.training_data()
+        if not data:
+            raise ValueError("local_zscore needs at least one normal training scan.")
+        imgs, lungs, sps = zip(*data)
+        ctx.cache[key] = LocalZScoreRule().fit(list(imgs), list(lungs), list(sps), window_mm=5.0).state_dict()
+    rule = LocalZScoreRule.from_dict(ctx.cache[key])
+
+    def fn(path, image_hu, affine, spacing):
+        return rule(image_hu, ctx.lung_mask(image_hu, spacing), spacing)
+
+    return fn
+
+
+#: method name -> factory ``(BenchmarkContext) -> MapFn``.
+METHODS: dict[str, Callable[[BenchmarkContext], MapFn]] = {
+    "intensity_rule": _intensity_rule,
+    "local_zscore": _local_zscore,
+}
+
+
+def _model_method(spec: str) -> Callable[[BenchmarkContext], MapFn]:
+    """Factory of ``model:<bundle_name>:<ckpt_path>``. TODO: not implemented yet."""
+    parts = spec.split(":", 2)
+    if len(parts) != 3 or not parts[1] or not parts[2]:
+        raise ValueError(f"a model method must be 'model:<bundle_name>:<ckpt_path>', got {spec!r}.")
+    bundle, ckpt = parts[1], parts[2]
+
+    def factory(ctx: BenchmarkContext) -> MapFn:
+        # TODO: call monai_simsid.apps.inference.predict_map(bundle, ckpt, image_path, ...) once it exists; it must
+        #  return a float32 map in the input geometry. Until then this method refuses to run (no fake maps).
+        raise NotImplementedError(
+            f"method {spec!r}: learned models are not wired into the benchmark yet (TODO: "
+            f"monai_simsid.apps.inference.predict_map for bundle {bundle!r}, checkpoint {ckpt!r})."
+        )
+
+    return factory
+
+
+def resolve_method(name: str) -> Callable[[BenchmarkContext], MapFn]:
+    """The factory of a method name: a key of :data:`METHODS` or ``model:<bundle_name>:<ckpt_path>``.
+
+    Raises:
+        ValueError: on an unknown name.
+    """
+    if name in METHODS:
+        return METHODS[name]
+    if name.startswith("model:"):
+        return _model_method(name)
+    raise ValueError(f"unknown method {name!r}; choose from {sorted(METHODS)} or 'model:<bundle_name>:<ckpt_path>'.")
+
+
+def _peak_rss_mib() -> float:
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return float(kb) / (1024.0 * 1024.0) if sys.platform == "darwin" else float(kb) / 1024.0
+
+
+def _run_map(fn: MapFn, path: Path, image: np.ndarray, affine: np.ndarray, spacing: tuple) -> tuple[np.ndarray, float]:
+    t0 = time.perf_counter()
+    out = np.asarray(fn(path, image, affine, spacing), dtype=np.float32)
+    dt = time.perf_counter() - t0
+    if out.shape != image.shape:
+        raise ValueError(f"the method returned a map of shape {out.shape} for an image of shape {image.shape}.")
+    if not np.all(np.isfinite(out)):
+        raise ValueError("the method returned non-finite scores.")
+    return out, dt
+
+
+def top_voxels(score: np.ndarray, region: np.ndarray | None = None) -> np.ndarray:
+    """Boolean mask of the voxels tied (within a relative ``1e-6``) at the map's maximum inside ``region``."""
+    s = score if region is None else np.where(region, score, -np.inf)
+    top = float(s.max())
+    if not np.isfinite(top):
+        return np.zeros(score.shape, dtype=bool)
+    return s >= top - TIE_RTOL * max(1.0, abs(top))
+
+
+def top_voxel_hit(score: np.ndarray, lesion: np.ndarray, region: np.ndarray | None = None) -> float:
+    """Fraction of the top-scoring voxels (ties included) that lie in ``lesion`` (0 or 1 without ties)."""
+    top = top_voxels(score, region)
+    n = int(top.sum())
+    return float(np.count_nonzero(top & lesion)) / n if n else 0.0
+
+
+def scan_score(score: np.ndarray, region: np.ndarray, fraction: float = TOP_FRACTION) -> float:
+    """Mean of the top ``fraction`` of the map's voxels inside ``region`` (at least one voxel)."""
+    v = score[region] if region.any() else score.reshape(-1)
+    k = max(1, int(round(fraction * v.size)))
+    return float(np.partition(v, v.size - k)[v.size - k :].mean())
+
+
+def _paths(data_dir: Path) -> dict[str, Any]:
+    return {
+        "lung2": data_dir / "lesion" / "lung2_ct.nii.gz",
+        "lung2_mask": data_dir / "lesion" / "lung2_lesion.nii.gz",
+        "normals": sorted((data_dir / "normal").glob("chest_*.nii.gz")),
+        "lidc": data_dir / "lidc_nodules",
+    }
+
+
+def evaluate_lung2(
+    data_dir: str | Path, method: str, ctx: BenchmarkContext | None = None, overview_dir: str | Path | None = None
+) -> dict[str, Any]:
+    """Voxel-level evaluation of one method on lung2 (see the module docstring).
+
+    Args:
+        data_dir: the shared CT folder.
+        method: a method name (see :func:`resolve_method`).
+        ctx: the context (default: fitted on all normal chest scans, whole-scan region).
+        overview_dir: if given, write ``lung2_<method>.png`` there.
+
+    Returns:
+        a JSON-serialisable dict of figures (``None`` where a metric is undefined, with a ``*_reason``).
+    """
+    data_dir = Path(data_dir)
+    p = _paths(data_dir)
+    if ctx is None:
+        ctx = BenchmarkContext(data_dir, list(p["normals"]))
+    image, affine, spacing = load_volume(p["lung2"])
+    lesion = load_volume(p["lung2_mask"], dtype=np.float32)[0] > 0.5
+    cache_key = ("lung2_regions", str(p["lung2"]))
+    if cache_key not in ctx.cache:
+        body = compute_body_mask(image, spacing)
+        ctx.cache[cache_key] = (body, lung_region_mask(image, spacing, body=body))
+    body, lung = ctx.cache[cache_key]
+    fn = resolve_method(method)(ctx)
+    score, seconds = _run_map(fn, p["lung2"], image, affine, spacing)
+    auroc = compute_voxel_auroc(score, lesion, lung)
+    ap = compute_voxel_ap(score, lesion, lung)
+    dice = compute_best_dice(score, lesion, lung)
+    top = top_voxels(score, body)
+    n_top = int(top.sum())
+    hit = float(np.count_nonzero(top & lesion)) / max(n_top, 1)
+    dist = ndimage.distance_transform_edt(~lesion, sampling=spacing)
+    out = {
+        "method": method,
+        "lung_auroc": auroc.value,
+        "lung_ap": ap.value,
+        "best_dice_oracle": dice.value,
+        "best_dice_threshold": dice.threshold,
+        "top_voxel_on_tumour": hit,
+        "top_voxel_distance_mm": float(dist[top].mean()) if n_top else None,
+        "top_voxel_ties": n_top,
+        "seconds_per_scan": seconds,
+        "peak_rss_mib": _peak_rss_mib(),
+        "lung_region_voxels": int(lung.sum()),
+        "tumour_in_lung_region": float(np.count_nonzero(lesion & lung)) / max(int(lesion.sum()), 1),
+        "scan_score": scan_score(score, lung),
+    }
+    for name, r in (("lung_auroc", auroc), ("lung_ap", ap), ("best_dice_oracle", dice)):
+        if r.value is None:
+            out[f"{name}_reason"] = r.reason
+    if overview_dir is not None:
+        _overview(image, score, affine, Path(overview_dir) / f"lung2_{_safe(method)}.png", "lung2", method, top)
+    return out
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def _overview(image, score, affine, path: Path, case: str, method: str, top: np.ndarray | None = None) -> None:
+    from monai_simsid.export.overview import save_overview_png
+
+    hi = float(score.max())
+    shown = score / hi if hi > 0 else score
+    focus = None
+    if top is not None and top.any():
+        focus = [int(i[0]) for i in np.nonzero(top)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_overview_png(image, shown, affine, path, focus_voxel=focus, case=case, label=f"{method} (map / max)")
+
+
+def _read_nodules(lidc_dir: Path) -> list[dict[str, Any]]:
+    """Crops of ``lidc_nodules`` (sorted by image name) with their mask path and diameter."""
+    rows: dict[str, dict[str, Any]] = {}
+    csv_path = lidc_dir / "nodules.csv"
+    if csv_path.is_file():
+        with open(csv_path, newline="") as f:
+            for r in csv.DictReader(f):
+                rows[Path(r["image"]).name] = r
+    out = []
+    for img in sorted((lidc_dir / "image").glob("*.nii*")):
+        mask = lidc_dir / "mask" / img.name
+        if not mask.is_file():
+            continue
+        r = rows.get(img.name, {})
+        try:
+            diameter = float(r.get("diameter_mm", "nan"))
+        except ValueError:
+            diameter = float("nan")
+        out.append({"name": img.name, "image": img, "mask": mask, "diameter_mm": diameter})
+    return out
+
+
+def evaluate_lidc(
+    data_dir: str | Path, method: str, ctx: BenchmarkContext | None = None, limit: int | None = None
+) -> dict[str, Any]:
+    """Per-crop voxel AUROC and top-voxel detection by diameter on the LIDC nodule crops (see the module docstring).
+
+    Args:
+        data_dir: the shared CT folder.
+        method: a method name.
+        ctx: the context (default: fitted on all normal chest scans, crop region).
+        limit: evaluate only the first ``limit`` crops (sorted by name).
+
+    Returns:
+        a JSON-serialisable dict; ``per_crop`` holds one record per crop.
+    """
+    data_dir = Path(data_dir)
+    p = _paths(data_dir)
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be >= 1, got {limit}.")
+    if ctx is None:
+        ctx = BenchmarkContext(data_dir, list(p["normals"]), region="crop")
+    crops = _read_nodules(p["lidc"])[: limit if limit else None]
+    fn = resolve_method(method)(ctx)
+    records, seconds = [], 0.0
+    for c in crops:
+        image, affine, spacing = load_volume(c["image"])
+        nodule = load_volume(c["mask"], dtype=np.float32)[0] > 0.5
+        if nodule.shape != image.shape:
+            raise ValueError(f"{c['name']}: mask shape {nodule.shape} differs from image shape {image.shape}.")
+        score, dt = _run_map(fn, c["image"], image, affine, spacing)
+        seconds += dt
+        auroc = compute_voxel_auroc(score, nodule)
+        records.append(
+            {
+                "name": c["name"],
+                "diameter_mm": c["diameter_mm"],
+                "auroc": auroc.value,
+                "detected": top_voxel_hit(score, nodule),
+            }
+        )
+    aurocs = [r["auroc"] for r in records if r["auroc"] is not None]
+    bins = {}
+    for label, lo, hi in DIAMETER_BINS:
+        hits = [r["detected"] for r in records if lo <= r["diameter_mm"] < hi]
+        bins[label] = {"n": len(hits), "rate": float(np.mean(hits)) if hits else None}
+    return {
+        "method": method,
+        "n_crops": len(records),
+        "n_auroc_defined": len(aurocs),
+        "mean_crop_auroc": float(np.mean(aurocs)) if aurocs else None,
+        "detection_rate": float(np.mean([r["detected"] for r in records])) if records else None,
+        "detection_by_diameter": bins,
+        "seconds_per_crop": seconds / max(len(records), 1),
+        "per_crop": records,
+    }
+
+
+def evaluate_normals(
+    data_dir: str | Path,
+    method: str,
+    cache: dict | None = None,
+    lung2_score: float | None = None,
+    overview_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """Scan scores of the normal chest scans (leave-one-out fitting) and the sample AUROC against lung2.
+
+    Args:
+        data_dir: the shared CT folder.
+        method: a method name.
+        cache: run-wide cache shared with the other parts.
+        lung2_score: lung2's scan score (from :func:`evaluate_lung2`); computed when ``None``.
+        overview_dir: if given, write ``<scan>_<method>.png`` there.
+
+    Returns:
+        a JSON-serialisable dict with ``normal_scores`` (name -> score), ``lung2_score`` and ``sample_auroc``.
+    """
+    data_dir = Path(data_dir)
+    p = _paths(data_dir)
+    cache = {} if cache is None else cache
+    if lung2_score is None:
+        lung2_score = evaluate_lung2(data_dir, method, BenchmarkContext(data_dir, list(p["normals"]), cache=cache))[
+            "scan_score"
+        ]
+    scores: dict[str, float] = {}
+    for path in p["normals"]:
+        ctx = BenchmarkContext(data_dir, [q for q in p["normals"] if q != path], cache=cache)
+        key = ("normal", str(path))
+        if key not in cache:
+            img, aff, sp = load_volume(path)
+            cache[key] = (img, lung_region_mask(img, sp), sp, aff)
+        image, lung, spacing, affine = cache[key]
+        try:
+            fn = resolve_method(method)(ctx)
+        except ValueError as err:  # e.g. a single normal scan: nothing left to fit on
+            scores[path.name] = float("nan")
+            print(f"warning: {method} on {path.name}: {err}", file=sys.stderr)
+            continue
+        score, _ = _run_map(fn, path, image, affine, spacing)
+        scores[path.name] = scan_score(score, lung)
+        if overview_dir is not None:
+            _overview(image, score, affine, Path(overview_dir) / f"{path.name.split('.')[0]}_{_safe(method)}.png",
+                      path.name, method, top_voxels(score, lung))
+    valid = [s for s in scores.values() if np.isfinite(s)]
+    auroc = compute_sample_auroc(np.array(valid + [lung2_score]), np.array([0] * len(valid) + [1]))
+    return {
+        "method": method,
+        "normal_scores": scores,
+        "lung2_score": lung2_score,
+        "sample_auroc": auroc.value,
+        "sample_auroc_reason": auroc.reason,
+        "n_normals": len(valid),
+        "n_lesion_scans": 1,
+    }
+
+
+def run_benchmark(
+    data_dir: str | Path,
+    methods: Sequence[str],
+    lidc_limit: int | None = None,
+    overview_dir: str | Path | None = None,
+    parts: Sequence[str] = ("lung2", "lidc", "normals"),
+) -> dict[str, Any]:
+    """Run the chosen parts for every method (see the module docstring).
+
+    Raises:
+        FileNotFoundError: when ``data_dir`` does not exist.
+        ValueError: on an unknown method or part.
+    """
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise FileNotFoundError(f"data folder not found: {data_dir}")
+    bad = [x for x in parts if x not in ("lung2", "lidc", "normals")]
+    if bad:
+        raise ValueError(f"unknown parts {bad}; choose from lung2, lidc, normals.")
+    for m in methods:
+        resolve_method(m)  # fail early on unknown names
+    p = _paths(data_dir)
+    cache: dict = {}
+    results: dict[str, Any] = {
+        "data_dir": str(data_dir),
+        "methods": list(methods),
+        "lidc_limit": lidc_limit,
+        "lung2": {},
+        "lidc": {},
+        "normals": {},
+    }
+    for m in methods:
+        lung2 = None
+        if ("lung2" in parts or "normals" in parts) and p["lung2"].is_file():
+            lung2 = evaluate_lung2(data_dir, m, BenchmarkContext(data_dir, list(p["normals"]), cache=cache), overview_dir)
+            if "lung2" in parts:
+                results["lung2"][m] = lung2
+        if "lidc" in parts and (p["lidc"] / "image").is_dir():
+            ctx = BenchmarkContext(data_dir, list(p["normals"]), region="crop", cache=cache)
+            results["lidc"][m] = evaluate_lidc(data_dir, m, ctx, lidc_limit)
+        if "normals" in parts and p["normals"] and lung2 is not None:
+            results["normals"][m] = evaluate_normals(data_dir, m, cache, lung2["scan_score"], overview_dir)
+    return results
+
+
+def _f(x: Any, nd: int = 3) -> str:
+    if x is None or (isinstance(x, float) and not np.isfinite(x)):
+        return "n/a"
+    return f"{x:.{nd}f}"
+
+
+def format_markdown(results: dict[str, Any]) -> str:
+    """Markdown tables of :func:`run_benchmark`'s results."""
+    lines: list[str] = []
+    if results.get("lung2"):
+        lines += [
+            "**lung2** (voxel level, metrics inside the lung region; best Dice is an oracle)",
+            "",
+            "| method | lung AUROC | lung AP | best Dice (oracle) | top voxel on tumour | top voxel to tumour (mm) "
+            "| s / scan | peak RSS (MiB) |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for m, r in results["lung2"].items():
+            hit = r["top_voxel_on_tumour"]
+            on = ("yes" if hit >= 0.5 else "no") + (f" ({hit:.2f} of {r['top_voxel_ties']} tied)" if r["top_voxel_ties"] > 1 else "")
+            lines.append(
+                f"| {m} | {_f(r['lung_auroc'])} | {_f(r['lung_ap'])} | {_f(r['best_dice_oracle'])} | {on} "
+                f"| {_f(r['top_voxel_distance_mm'], 1)} | {_f(r['seconds_per_scan'], 1)} | {_f(r['peak_rss_mib'], 0)} |"
+            )
+        lines.append("")
+    if results.get("lidc"):
+        labels = [b[0] for b in DIAMETER_BINS]
+        lines += [
+            "**LIDC crops** (per-crop voxel AUROC, mean over crops; detection = top voxel inside the nodule)",
+            "",
+            "| method | crops | mean crop AUROC | detection (all) | "
+            + " | ".join(f"det. {b} mm" for b in labels)
+            + " | s / crop |",
+            "| --- | --- | --- | --- | " + " | ".join("---" for _ in labels) + " | --- |",
+        ]
+        for m, r in results["lidc"].items():
+            bins = " | ".join(
+                f"{_f(r['detection_by_diameter'][b]['rate'], 2)} (n={r['detection_by_diameter'][b]['n']})" for b in labels
+            )
+            lines.append(
+                f"| {m} | {r['n_crops']} | {_f(r['mean_crop_auroc'])} | {_f(r['detection_rate'], 2)} | {bins} "
+                f"| {_f(r['seconds_per_crop'], 3)} |"
+            )
+        lines.append("")
+    if results.get("normals"):
+        names = sorted({n for r in results["normals"].values() for n in r["normal_scores"]})
+        short = [n.replace(".nii.gz", "") for n in names]
+        lines += [
+            "**Scan scores** (mean of the top 0.1% of the map inside the lung region; normals scored leave-one-out)",
+            "",
+            "| method | " + " | ".join(short) + " | lung2 | sample AUROC |",
+            "| --- | " + " | ".join("---" for _ in names) + " | --- | --- |",
+        ]
+        for m, r in results["normals"].items():
+            cells = " | ".join(_f(r["normal_scores"].get(n), 3) for n in names)
+            lines.append(f"| {m} | {cells} | {_f(r['lung2_score'])} | {_f(r['sample_auroc'], 2)} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line parser of the tool."""
+    p = argparse.ArgumentParser(description="Evaluate anomaly-map methods side by side on the shared real CT data.")
+    p.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR), help=f"shared CT folder (default: {DEFAULT_DATA_DIR})")
+    p.add_argument(
+        "--methods",
+        default="intensity_rule,local_zscore",
+        help="comma-separated methods: " + ", ".join(METHODS) + ", or model:<bundle_name>:<ckpt_path> (TODO)",
+    )
+    p.add_argument("--lidc-limit", type=int, default=None, help="evaluate only the first N LIDC crops (sorted)")
+    p.add_argument("--parts", default="lung2,lidc,normals", help="comma-separated parts (default: all)")
+    p.add_argument("--out", default=None, help="write the results as JSON here")
+    p.add_argument("--overview-dir", default=None, help="write overview PNGs of lung2 and the normal scans here")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    data_dir = Path(args.data_dir)
+    if not data_dir.is_dir():
+        print(f"data folder not found: {data_dir} - nothing to benchmark (skipped).")
+        return 0
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    parts = [m.strip() for m in args.parts.split(",") if m.strip()]
+    if args.lidc_limit is not None and args.lidc_limit < 1:
+        print("error: --lidc-limit must be >= 1", file=sys.stderr)
+        return 2
+    try:
+        results = run_benchmark(data_dir, methods, args.lidc_limit, args.overview_dir, parts)
+    except (ValueError, NotImplementedError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(format_markdown(results))
+    clean = _jsonable(results)
+    summary = {k: v for k, v in clean.items() if k != "lidc"}
+    summary["lidc"] = {m: {k: v for k, v in r.items() if k != "per_crop"} for m, r in clean["lidc"].items()}
+    print(json.dumps(summary, indent=1))
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(clean, indent=1) + "\n")
+        print(f"results (with per-crop records) written to {out}")
+    return 0
+
+
+def _jsonable(x: Any) -> Any:
+    """Copy of ``x`` with NaN/inf replaced by ``None`` and numpy scalars by Python numbers."""
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (np.floating, float)):
+        return float(x) if np.isfinite(x) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
+if __name__ == "__main__":
+    sys.exit(main())
