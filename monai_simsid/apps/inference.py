@@ -22,14 +22,29 @@ from monai_simsid.data.datasets import preprocess_all
 from monai_simsid.export import ScoresTable, build_report, save_nifti, save_overview_png, save_slicer_segmentation, write_report
 from monai_simsid.inferers.anomaly import AnomalyInferer
 from monai_simsid.inferers.scoring import scan_score
+from monai_simsid.transforms.body.array import compute_body_mask
 from monai_simsid.transforms.io.array import LoadCT
 from monai_simsid.transforms.post.array import extract_findings, postprocess_anomaly_map, spacing_from_affine
 from monai_simsid.utils.atomic import atomic_write_text
 from monai_simsid.utils.errors import InputError, find_input_error
 
-__all__ = ["AnomalyPredictor", "CasePrediction", "evaluate_cases"]
+__all__ = ["AnomalyPredictor", "CasePrediction", "evaluate_cases", "input_body_mask"]
 
 logger = logging.getLogger(__name__)
+
+
+def input_body_mask(image_hu: np.ndarray, affine: np.ndarray, settings: Mapping[str, Any] | None = None) -> np.ndarray:
+    """Body mask on the input's own voxel grid, with axial slices taken along the axis closest to superior."""
+    settings = settings or {}
+    spacing = spacing_from_affine(affine)
+    axial_axis = int(np.argmax(np.abs(np.asarray(affine)[2, :3]) / spacing))
+    return compute_body_mask(
+        image_hu,
+        spacing,
+        threshold=float(settings.get("body_threshold_hu", -500.0)),
+        opening_mm=float(settings.get("body_opening_mm", 3.0)),
+        axial_axis=axial_axis,
+    )
 
 
 class CasePrediction(NamedTuple):
@@ -136,12 +151,13 @@ class AnomalyPredictor:
         cal_map = calibrate_map(raw_map, self.calibration) * (body_ms > 0.5)
         out_map = invert_to_input(cal_map, data, self.preprocessing)[0].numpy()
         out_map = np.clip(np.nan_to_num(out_map, nan=0.0), 0.0, 1.0).astype(np.float32)
-        body_in = invert_to_input(body_ms.float(), data, self.preprocessing, nearest=True)[0].numpy() > 0.5
-        out_map[~body_in] = 0.0
         original = self._loader(item["image"])
         affine = np.asarray(original.affine, dtype=np.float64)
         if out_map.shape != tuple(original.shape[1:]):
             raise RuntimeError(f"internal error: map shape {out_map.shape} != input shape {tuple(original.shape[1:])}")
+        # the body mask is recomputed on the input grid, so "0 outside the body" holds voxel for voxel there
+        body_in = input_body_mask(original[0].numpy(), affine, self.preprocessing_settings)
+        out_map[~body_in] = 0.0
         spacing = spacing_from_affine(affine)
         mask, _ = postprocess_anomaly_map(out_map, spacing, sigma_mm=self.sigma_mm, min_volume_mm3=self.min_volume_mm3, body_mask=body_in)
         findings = extract_findings(out_map, mask, affine)

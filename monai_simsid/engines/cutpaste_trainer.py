@@ -121,12 +121,15 @@ class CutPasteTrainer(AnomalyTrainer):
         d[self.label_key] = torch.tensor(labels, dtype=torch.long)
         return d
 
-    def _iteration(self, engine: CutPasteTrainer, batchdata: dict[str, Any]) -> dict[str, float]:  # type: ignore[override]
+    def _iteration(  # type: ignore[override]
+        self, engine: CutPasteTrainer, batchdata: dict[str, Any]
+    ) -> dict[str, float]:
         if batchdata is None:
             raise ValueError("must provide batch data for current iteration.")
         if self.label_key not in batchdata:
             batchdata = self._make_pretext(batchdata)
-        x, region = batch_windows(batchdata, self.image_key, self.region_key, engine.state.device, self.non_blocking)
+        device = engine.state.device
+        x, region = batch_windows(batchdata, self.image_key, self.region_key, device, self.non_blocking)
         labels = torch.as_tensor(batchdata[self.label_key]).to(engine.state.device).long().reshape(-1)
         self.network.train()
         with self._autocast():

@@ -120,8 +120,11 @@ class GANomalyTrainer(AnomalyTrainer):
         self.region_key = region_key
         self.num_d_reinits = 0
 
-    def _iteration(self, engine: GANomalyTrainer, batchdata: dict[str, Any]) -> dict[str, float]:  # type: ignore[override]
-        x, region = batch_windows(batchdata, self.image_key, self.region_key, engine.state.device, self.non_blocking)
+    def _iteration(  # type: ignore[override]
+        self, engine: GANomalyTrainer, batchdata: dict[str, Any]
+    ) -> dict[str, float]:
+        device = engine.state.device
+        x, region = batch_windows(batchdata, self.image_key, self.region_key, device, self.non_blocking)
         net = self.network
         net.train()
 

@@ -97,8 +97,11 @@ class ReconstructionTrainer(AnomalyTrainer):
         self.image_key = image_key
         self.region_key = region_key
 
-    def _iteration(self, engine: ReconstructionTrainer, batchdata: dict[str, Any]) -> dict[str, float]:  # type: ignore[override]
-        x, region = batch_windows(batchdata, self.image_key, self.region_key, engine.state.device, self.non_blocking)
+    def _iteration(  # type: ignore[override]
+        self, engine: ReconstructionTrainer, batchdata: dict[str, Any]
+    ) -> dict[str, float]:
+        device = engine.state.device
+        x, region = batch_windows(batchdata, self.image_key, self.region_key, device, self.non_blocking)
         self.network.train()
         with self._autocast():
             out = self.network(x, region)

@@ -93,8 +93,9 @@ class SimSIDTrainer(AnomalyTrainer):
         region = batchdata.get(self.region_key)
         region = None if region is None else torch.as_tensor(region).to(engine.state.device).long().reshape(-1)
         net = self.network
+        core = getattr(net, "module", net)  # DistributedDataParallel wraps the model
         net.train()
-        has_disc = self.d_optimizer is not None and getattr(net, "discriminator", None) is not None
+        has_disc = self.d_optimizer is not None and getattr(core, "discriminator", None) is not None
 
         with self._autocast():
             out = net(x, region)
@@ -102,7 +103,7 @@ class SimSIDTrainer(AnomalyTrainer):
             g_total = terms["total"]
             g_adv = torch.zeros((), device=x.device)
             if has_disc and engine.state.iteration % self.adv_every == 0:
-                g_adv = self.adversarial_loss.generator_loss(net.discriminate(out.student_recon))
+                g_adv = self.adversarial_loss.generator_loss(core.discriminate(out.student_recon))
                 g_total = g_total + g_adv
         self._step(g_total, self.g_optimizer)
 
@@ -110,7 +111,7 @@ class SimSIDTrainer(AnomalyTrainer):
         if has_disc:
             with self._autocast():
                 d_loss = self.adversarial_loss.discriminator_loss(
-                    net.discriminate(x), net.discriminate(out.student_recon.detach())
+                    core.discriminate(x), core.discriminate(out.student_recon.detach())
                 )
             self._step(d_loss, self.d_optimizer)  # type: ignore[arg-type]
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from ignite.engine import Events
+from monai.transforms import Compose
 from torch.utils.data import DataLoader, Dataset
 
 from monai_simsid.data.pretext import PretextDataset
@@ -14,8 +15,8 @@ from monai_simsid.handlers.pretext import DensityFitHandler, RegeneratePretextHa
 from monai_simsid.networks.nets.autoencoder import ConvAutoEncoder
 from monai_simsid.networks.nets.cutpaste import CutPasteNet
 from monai_simsid.networks.nets.ganomaly import GANomaly
-from monai_simsid.transforms.anomaly import RandCutPaste
 from monai_simsid.transforms.anomaly.pretext import CutPastePretextd
+from monai_simsid.transforms.body import RandBodyWindowsd
 
 torch.set_num_threads(1)
 
@@ -97,6 +98,13 @@ def test_pretext_transform_and_dataset():
         CutPastePretextd("image", label_key="")
 
     scans = normal_scans()
+    # on-the-fly pipeline: window sampling then the pretext transform (Compose maps it over the windows)
+    pipeline = Compose([RandBodyWindowsd(["image"], (16, 16, 16), num_samples=3), CutPastePretextd("image")])
+    pipeline.set_random_state(0)
+    windows = pipeline(scans[0])
+    assert len(windows) == 3
+    assert all(w["pretext_label"].ndim == 0 and w["image"].shape == (1, 16, 16, 16) for w in windows)
+
     ds = PretextDataset(scans, roi_size=(16, 16, 16), num_samples=24, seed=3, region_grid=(1, 1, 1))
     assert len(ds) == 24 and ds[0]["image"].shape == (1, 16, 16, 16)
     labels = ds.labels()
@@ -121,24 +129,41 @@ def test_pretext_transform_and_dataset():
 def test_cutpaste_trainer_regeneration_and_density():
     torch.manual_seed(0)
     scans = normal_scans()
-    # a clearly visible cut-paste (brightness shift of 20-40 % of the range) keeps so short a training meaningful
-    pretext = CutPastePretextd("image", transforms={"cutpaste": RandCutPaste(intensity_shift_range=(0.2, 0.4))})
-    ds = PretextDataset(scans, (16, 16, 16), num_samples=64, seed=0, region_grid=(1, 1, 1), pretext_transform=pretext)
-    loader = DataLoader(ds, batch_size=16, shuffle=True)
+    # the pretext set stays fixed here: 32 iterations are enough to fit it, not to learn the task in general
+    ds = PretextDataset(scans, (16, 16, 16), num_samples=32, seed=0, region_grid=(1, 1, 1))
     net = CutPasteNet(3, 1, channels=(8, 16), embed_dim=16)
-    seen_seeds = []
-    regen = RegeneratePretextHandler(ds, every_n_epochs=2, seed=100)
     density = DensityFitHandler(net, scans, (16, 16, 16), num_windows_per_scan=24, seed=0)
     trainer = CutPasteTrainer(
-        "cpu", max_epochs=8, train_data_loader=loader, network=net,
-        optimizer=torch.optim.Adam(net.parameters(), 3e-3), train_handlers=[regen, density],
+        "cpu", max_epochs=16, train_data_loader=DataLoader(ds, batch_size=16, shuffle=True), network=net,
+        optimizer=torch.optim.Adam(net.parameters(), 1e-3), train_handlers=[density],
     )
-    trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: seen_seeds.append(ds.seed))
     outputs = run_losses(trainer)
     assert len(outputs) == 32 and {"ce", "accuracy"} <= set(outputs[0])
     assert_decreases(outputs)
-    # epochs 1-2 use the initial samples, then seed + epoch // 2 every 2 epochs
-    assert seen_seeds == [0, 0, 101, 101, 102, 102, 103, 103]
+
+    # regeneration: epochs 1-2 use the initial samples, then seed + epoch // 2 every 2 epochs (none after the last)
+    seen_seeds: list[int] = []
+    regen = RegeneratePretextHandler(ds, every_n_epochs=2, seed=100)
+    first = ds[0]["image"].clone()
+    trainer = CutPasteTrainer(
+        "cpu", max_epochs=6, train_data_loader=DataLoader(ds, batch_size=4), network=CutPasteNet(3, 1, (4, 8), 8),
+        optimizer=torch.optim.SGD(net.parameters(), 0.0), epoch_length=1, train_handlers=[regen],
+    )
+    trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: seen_seeds.append(ds.seed))
+    trainer.run()
+    assert seen_seeds == [0, 0, 101, 101, 102, 102] and ds.seed == 102
+    assert not torch.equal(first, ds[0]["image"])
+    # a resumed run (state.epoch restored to 4) starts with the samples of its block
+    ds.regenerate(0)
+    regen_resumed = RegeneratePretextHandler(ds, every_n_epochs=2, seed=100)
+    trainer = CutPasteTrainer(
+        "cpu", max_epochs=5, train_data_loader=DataLoader(ds, batch_size=4), network=CutPasteNet(3, 1, (4, 8), 8),
+        optimizer=torch.optim.SGD(net.parameters(), 0.0), epoch_length=1, train_handlers=[regen_resumed],
+    )
+    trainer.state.epoch, trainer.state.iteration = 4, 4
+    trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: seen_seeds.append(ds.seed))
+    trainer.run()
+    assert seen_seeds[-1] == 102
 
     # the density was fitted at COMPLETED: eval mode works and scores are finite
     assert net.density.is_fitted

@@ -114,12 +114,12 @@ class ConvEncoder(nn.Module):
         return feats if return_features else x
 
 
-def _up_kernel_padding(stride: int) -> tuple[int, int]:
+def _up_kernel_padding(stride: int, overlapping: bool = True) -> tuple[int, int]:
     if stride == 1:
         return 3, 1
-    if stride % 2 == 0:
+    if overlapping and stride % 2 == 0:
         return 2 * stride, stride // 2  # e.g. k4 s2 p1: exact x2
-    return stride, 0
+    return stride, 0  # kernel == stride: non-overlapping, 8x cheaper in 3D
 
 
 class ConvDecoder(nn.Module):
@@ -139,6 +139,8 @@ class ConvDecoder(nn.Module):
         act: MONAI activation name/tuple or None.
         out_kernel_size: kernel size of the final conv (1 or 3).
         out_act: optional activation after the final conv (e.g. ``"tanh"``, ``"sigmoid"``).
+        overlapping_up: transposed convs with kernel ``2 * stride`` (k4 s2, smoother) instead of kernel
+            ``stride`` (k2 s2: no overlap, about 8x fewer multiply-adds in 3D; the CPU default).
     """
 
     def __init__(
@@ -152,6 +154,7 @@ class ConvDecoder(nn.Module):
         act: str | tuple | None = DEFAULT_ACT,
         out_kernel_size: int = 3,
         out_act: str | tuple | None = None,
+        overlapping_up: bool = True,
     ) -> None:
         super().__init__()
         self.strides = _check_common(spatial_dims, channels, strides)
@@ -169,7 +172,7 @@ class ConvDecoder(nn.Module):
         levels = []
         prev = self.in_channels
         for c, s in zip(self.channels, self.strides):
-            k, p = _up_kernel_padding(s)
+            k, p = _up_kernel_padding(s, overlapping_up)
             levels.append(
                 nn.Sequential(
                     convt(prev, c, kernel_size=k, stride=s, padding=p, bias=bias),

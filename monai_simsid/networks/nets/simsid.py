@@ -67,6 +67,7 @@ class SimSID(nn.Module):
         disc_channels: discriminator channels.
         norm: norm of encoder/decoders.
         out_act: optional activation on the reconstructions (e.g. ``"sigmoid"`` for [0, 1] images).
+        overlapping_up: k4-s2 transposed convs in the decoders (paper-like); False gives k2-s2 (CPU preset).
     """
 
     def __init__(
@@ -89,6 +90,7 @@ class SimSID(nn.Module):
         disc_channels: Sequence[int] = (16, 32, 64, 128, 256),
         norm: str | tuple | None = "batch",
         out_act: str | tuple | None = None,
+        overlapping_up: bool = True,
     ) -> None:
         super().__init__()
         if spatial_dims not in (1, 2, 3):
@@ -126,8 +128,9 @@ class SimSID(nn.Module):
             hierarchical=hierarchical_memory,
         )
         dec_channels = tuple(reversed(channels))
-        self.teacher_decoder = ConvDecoder(spatial_dims, dec_channels, in_channels, norm=norm, out_act=out_act)
-        self.student_decoder = ConvDecoder(spatial_dims, dec_channels, in_channels, norm=norm, out_act=out_act)
+        dec_kw = {"norm": norm, "out_act": out_act, "overlapping_up": overlapping_up}
+        self.teacher_decoder = ConvDecoder(spatial_dims, dec_channels, in_channels, **dec_kw)
+        self.student_decoder = ConvDecoder(spatial_dims, dec_channels, in_channels, **dec_kw)
         self.decoder_memory = nn.ModuleList(
             MemoryBlock(spatial_dims, dec_channels[i], self.block_grid, self.num_regions, num_slots, top_k)
             for i in range(decoder_memory_levels)

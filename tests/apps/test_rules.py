@@ -1,0 +1,159 @@
+"""Tests of the training-free reference rules, the benchmark lung region and the real-data benchmark (lung2)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from monai_simsid.apps.rules import LocalZScoreRule, crop_lung_region_mask, intensity_rule_map, lung_region_mask
+from monai_simsid.data.synthetic import generate_chest_ct, insert_lesions
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED_CT = REPO.parent / "shared" / "data" / "ct"
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    case = generate_chest_ct(size=48, spacing=3.0, seed=0)
+    image, lesion = insert_lesions(case, seed=1, kinds=["solid_nodule"])
+    lung = lung_region_mask(image, case.spacing)
+    return case, image, lesion.astype(bool), lung
+
+
+def _juxtapleural(case, radius_mm: float = 9.0):
+    """The phantom with a soft-tissue ball centred on the lung surface (touching the chest wall)."""
+    lungs, body, sp = case.lungs.astype(bool), case.body.astype(bool), np.asarray(case.spacing)
+    shell = lungs & ~ndimage.binary_erosion(lungs)
+    wall = body & ~lungs
+    near_wall = shell & (ndimage.distance_transform_edt(~wall, sampling=sp) <= 3.0)
+    # the most lateral shell voxel at mid-height: the costal pleura
+    zmid = int(np.round(np.nonzero(lungs)[2].mean()))
+    cand = np.argwhere(near_wall[:, :, zmid])
+    x, y = cand[np.argmin(cand[:, 0])]
+    grid = np.stack(np.meshgrid(*[np.arange(n) for n in lungs.shape], indexing="ij"), -1) * sp
+    ball = np.linalg.norm(grid - np.array([x, y, zmid]) * sp, axis=-1) <= radius_mm
+    image = case.image.copy()
+    image[ball & body] = 40.0
+    return image, ball & lungs  # the part of the tumour that replaces lung, against the chest wall
+
+
+def test_lung_region_contains_lungs_and_excludes_outside(phantom):
+    case, image, lesion, lung = phantom
+    lungs = case.lungs.astype(bool)
+    assert lung.dtype == bool and lung.shape == image.shape
+    assert (lung & lungs).sum() / lungs.sum() > 0.98
+    assert lung[lesion].mean() > 0.95  # the inserted nodule is inside
+    outside_air = ~case.body.astype(bool) & (image < -900)
+    assert outside_air.any() and not (lung & outside_air).any()
+
+
+def test_lung_region_contains_juxtapleural_lesion(phantom):
+    case = phantom[0]
+    image, ball = _juxtapleural(case)
+    lung = lung_region_mask(image, case.spacing)
+    assert ball.sum() > 20
+    assert lung[ball].mean() > 0.95
+
+
+def test_lung_region_bad_args(phantom):
+    case, image = phantom[0], phantom[1]
+    with pytest.raises(ValueError):
+        lung_region_mask(image[..., 0], case.spacing)
+    with pytest.raises(ValueError):
+        lung_region_mask(image, (3.0, -1.0, 3.0))
+    with pytest.raises(ValueError):
+        lung_region_mask(image, case.spacing, closing_mm=-1)
+    with pytest.raises(ValueError):
+        lung_region_mask(image, case.spacing, body=np.ones((2, 2, 2), bool))
+
+
+def test_crop_lung_region_mask():
+    crop = np.full((20, 20, 6), -850.0, np.float32)
+    crop[8:12, 8:12, 2:4] = 30.0
+    assert crop_lung_region_mask(crop, (0.7, 0.7, 1.25)).all()
+    assert crop_lung_region_mask(np.zeros((5, 5, 3)), (1, 1, 1)).all()  # no air: the whole crop
+
+
+def test_intensity_rule(phantom):
+    case, image, lesion, lung = phantom
+    score = intensity_rule_map(image, lung, case.spacing)
+    assert score.dtype == np.float32 and score.shape == image.shape
+    assert np.all(score[~lung] == 0) and score.min() >= 0 and score.max() <= 1
+    core = ndimage.binary_erosion(lesion) if ndimage.binary_erosion(lesion).any() else lesion
+    parenchyma = case.lungs.astype(bool) & (image < -700) & ~ndimage.binary_dilation(lesion, iterations=2)
+    assert score[core].mean() > 0.7 > 0.2 > score[parenchyma].mean()
+    with pytest.raises(ValueError):
+        intensity_rule_map(image, lung, case.spacing, sigma_mm=-1)
+    with pytest.raises(ValueError):
+        intensity_rule_map(image, lung[:-1], case.spacing)
+
+
+def test_local_zscore_rule(phantom):
+    case = phantom[0]
+    image, lesion = insert_lesions(case, seed=2, kinds=["mass"])
+    lesion = lesion.astype(bool)
+    lung = lung_region_mask(image, case.spacing)
+    normals = [generate_chest_ct(size=48, spacing=3.0, seed=s) for s in (1, 2)]
+    masks = [n.lungs for n in normals]  # statistics of the lungs proper: a sharp reference for the unit test
+    rule = LocalZScoreRule().fit([n.image for n in normals], masks, [n.spacing for n in normals], window_mm=5.0)
+    assert rule.is_fitted and rule.sigma > 0
+    z = rule(image, lung, case.spacing)
+    assert z.dtype == np.float32 and np.all(z[~lung] == 0)
+    parenchyma = case.lungs.astype(bool) & (image < -700) & ~ndimage.binary_dilation(lesion, iterations=2)
+    core = ndimage.binary_erosion(lesion) & lung  # a mass wider than the closing may reach out of the region
+    assert core.sum() > 10
+    assert z[core].mean() > z[parenchyma].mean() + 1.0
+
+    state = json.loads(json.dumps(rule.state_dict()))
+    again = LocalZScoreRule.from_dict(state)
+    assert again.state_dict() == rule.state_dict()
+    np.testing.assert_array_equal(again(image, lung, case.spacing), z)
+
+    with pytest.raises(RuntimeError):
+        LocalZScoreRule()(image, lung, case.spacing)
+    with pytest.raises(ValueError):
+        LocalZScoreRule.from_dict({"mu": 0.0})
+    with pytest.raises(ValueError):
+        LocalZScoreRule(window_mm=0)
+    with pytest.raises(ValueError):
+        LocalZScoreRule().fit([], [], [])
+
+
+def _benchmark_module():
+    spec = importlib.util.spec_from_file_location("simsid_benchmark", REPO / "tools" / "benchmark.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_benchmark_helpers_and_model_todo():
+    bench = _benchmark_module()
+    score = np.zeros((4, 4, 4), np.float32)
+    lesion = np.zeros_like(score, dtype=bool)
+    lesion[1, 1, 1] = True
+    score[1, 1, 1] = score[2, 2, 2] = 1.0  # two tied top voxels, one on the lesion
+    assert bench.top_voxel_hit(score, lesion) == pytest.approx(0.5)
+    assert bench.scan_score(score, np.ones_like(lesion)) == pytest.approx(1.0)
+    assert set(bench.METHODS) >= {"intensity_rule", "local_zscore"}
+    factory = bench.resolve_method("model:simsid_ct:/tmp/ckpt.pt")
+    with pytest.raises(NotImplementedError, match="predict_map"):
+        factory(bench.BenchmarkContext(Path("."), []))
+    with pytest.raises(ValueError):
+        bench.resolve_method("nope")
+    assert bench.main(["--data-dir", str(REPO / "no_such_folder")]) == 0  # absent data: skipped
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not SHARED_CT.is_dir(), reason=f"real CT data not found at {SHARED_CT}")
+def test_benchmark_lung2_intensity_rule():
+    bench = _benchmark_module()
+    res = bench.evaluate_lung2(SHARED_CT, "intensity_rule")
+    assert res["lung_auroc"] > 0.8
+    assert 0.0 <= res["top_voxel_on_tumour"] <= 1.0 and res["seconds_per_scan"] > 0

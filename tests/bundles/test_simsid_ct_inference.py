@@ -1,0 +1,119 @@
+"""Train simsid_ct briefly on synthetic data, then run inference.json / evaluate.json through ConfigWorkflow."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from monai.bundle import ConfigWorkflow
+
+from conftest import bundle_config, oblique_affine
+from monai_simsid.apps.inference import input_body_mask
+from monai_simsid.data.datalist import load_datalist
+from monai_simsid.export import read_slicer_segmentation
+from monai_simsid.utils.errors import find_input_error
+
+TRAIN = {"roi_size": [32, 32, 32], "num_samples": 4, "batch_size": 2, "progress": False, "max_epochs": 8, "val_interval": 100, "learning_rate": 2e-3}
+
+
+@pytest.fixture(scope="module")
+def trained(synthetic_dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("train")
+    wf = ConfigWorkflow(config_file=bundle_config("simsid_ct", "train.json"), workflow_type="train", datalist=str(synthetic_dataset), output_dir=str(out), **TRAIN)
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+    return out / "models" / "model.pt"
+
+
+def _infer(ckpt, out, config="inference.json", **kw):
+    files = bundle_config("simsid_ct", "inference.json")
+    if config != "inference.json":
+        files = [files, bundle_config("simsid_ct", config)]
+    wf = ConfigWorkflow(config_file=files, workflow_type="infer", ckpt_path=str(ckpt), output_dir=str(out), **kw)
+    wf.initialize()
+    result = wf.run()
+    wf.finalize()
+    return result
+
+
+def test_inference_writes_the_contract_files_in_input_geometry(trained, synthetic_dataset, tmp_path):
+    # an oblique, anisotropic copy of a lesion case checks that the map keeps the input header exactly
+    case = load_datalist(synthetic_dataset, "test")
+    lesion_case = next(c for c in case if c.get("label"))
+    src = nib.load(lesion_case["image"])
+    aff = oblique_affine(spacing=(2.5, 3.0, 3.5), angle=0.25)
+    (tmp_path / "in").mkdir()
+    nib.save(nib.Nifti1Image(np.asarray(src.dataobj), aff), str(tmp_path / "in" / "oblique.nii.gz"))
+    out = tmp_path / "out"
+    _infer(trained, out, dataset_dir=str(tmp_path / "in"))
+    folder = out / "oblique"
+    for suffix in ("_anomaly_map.nii.gz", "_anomaly_mask.nii.gz", "_anomaly.seg.nrrd", "_report.json", "_overview.png"):
+        assert (folder / f"oblique{suffix}").is_file(), suffix
+    amap = nib.load(str(folder / "oblique_anomaly_map.nii.gz"))
+    assert amap.shape == src.shape
+    np.testing.assert_allclose(amap.affine, aff, atol=1e-5)
+    data = np.asarray(amap.dataobj)
+    assert data.dtype == np.float32 and 0.0 <= data.min() and data.max() <= 1.0
+    body = input_body_mask(np.asarray(src.dataobj, dtype=np.float32), aff)
+    assert data[~body].max() == 0.0 and body.mean() > 0.2  # 0 outside the body
+    mask, seg_aff = read_slicer_segmentation(folder / "oblique_anomaly.seg.nrrd")
+    assert mask.shape == src.shape
+    np.testing.assert_allclose(seg_aff, aff, atol=1e-4)
+    itk_img = sitk.ReadImage(str(folder / "oblique_anomaly.seg.nrrd"))
+    np.testing.assert_allclose(itk_img.GetSpacing(), (2.5, 3.0, 3.5), atol=1e-4)
+    report = json.loads((folder / "oblique_report.json").read_text())
+    assert report["label"] in ("normal", "anomalous") and 0 <= report["score"] <= 1
+    assert report["bundle"]["name"] == "simsid_ct"
+    rows = (out / "scores.csv").read_text().splitlines()
+    assert rows[0] == "case,score,label,findings" and rows[1].startswith("oblique,")
+
+
+def test_lesions_score_higher_than_the_rest_of_the_body(trained, synthetic_dataset, tmp_path):
+    result = _infer(trained, tmp_path, config="evaluate.json", datalist=str(synthetic_dataset), write_outputs=False)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())["metrics"]
+    assert metrics["voxel_auroc"] is not None and metrics["voxel_auroc"] > 0.5
+    assert result[0]["num_cases"] == len(load_datalist(synthetic_dataset, "test"))
+
+
+def test_single_bad_input_fails_with_one_clear_error(trained, tmp_path):
+    bad = tmp_path / "in"
+    bad.mkdir()
+    (bad / "broken.nii.gz").write_bytes(b"\x1f\x8b not really gzip")
+    with pytest.raises(Exception) as info:
+        _infer(trained, tmp_path / "out", dataset_dir=str(bad))
+    err = find_input_error(info.value)
+    assert err is not None and "broken.nii.gz" in str(err) and "cannot be read" in str(err)
+    assert not list((tmp_path / "out").rglob("*.nii.gz"))
+
+
+def test_cli_reports_a_missing_datalist_file_in_one_line(trained, tmp_path):
+    dl = tmp_path / "dl.json"
+    dl.write_text(json.dumps({"test": [{"image": "missing_scan.nii.gz"}]}))
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", bundle_config("simsid_ct", "inference.json"),
+           "--ckpt_path", str(trained), "--datalist", str(dl), "--output_dir", str(tmp_path / "out")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "missing_scan.nii.gz" in lines[0] and "does not exist" in lines[0]
+    assert "Traceback" not in proc.stderr
+
+
+def test_batch_skips_a_bad_case_and_lists_it(trained, synthetic_dataset, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    good = load_datalist(synthetic_dataset, "test")[0]["image"]
+    shutil.copy(good, folder / "good.nii.gz")
+    (folder / "empty.nii.gz").write_bytes(b"")
+    result = _infer(trained, tmp_path / "out", dataset_dir=str(folder))
+    assert result[0]["done"] == ["good"]
+    errors = (tmp_path / "out" / "errors.csv").read_text()
+    assert "empty.nii.gz" in errors and "file is empty" in errors
+    assert (tmp_path / "out" / "good" / "good_anomaly_map.nii.gz").is_file()
+    assert not (tmp_path / "out" / "empty").exists()
