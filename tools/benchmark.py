@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import resource
 import sys
 import time
@@ -177,19 +178,26 @@ METHODS: dict[str, Callable[[BenchmarkContext], MapFn]] = {
 
 
 def _model_method(spec: str) -> Callable[[BenchmarkContext], MapFn]:
-    """Factory of ``model:<bundle_name>:<ckpt_path>``. TODO: not implemented yet."""
+    """Factory of ``model:<bundle_name>:<ckpt_path>``: a trained bundle's calibrated map, in the benchmark's
+    canonical (closest-RAS) voxel order. The model is whatever the checkpoint was trained on: leave-one-out does not
+    apply, so a normal scan that was in its training set is scored optimistically (the tables say so)."""
     parts = spec.split(":", 2)
     if len(parts) != 3 or not parts[1] or not parts[2]:
         raise ValueError(f"a model method must be 'model:<bundle_name>:<ckpt_path>', got {spec!r}.")
     bundle, ckpt = parts[1], parts[2]
 
     def factory(ctx: BenchmarkContext) -> MapFn:
-        # TODO: call monai_simsid.apps.inference.predict_map(bundle, ckpt, image_path, ...) once it exists; it must
-        #  return a float32 map in the input geometry. Until then this method refuses to run (no fake maps).
-        raise NotImplementedError(
-            f"method {spec!r}: learned models are not wired into the benchmark yet (TODO: "
-            f"monai_simsid.apps.inference.predict_map for bundle {bundle!r}, checkpoint {ckpt!r})."
-        )
+        from monai_simsid.apps.inference import predict_map
+
+        def fn(path, image_hu, affine, spacing):
+            pred = predict_map(bundle, ckpt, path, device=os.environ.get("BENCHMARK_DEVICE"), check_ct=ctx.region != "crop")
+            canon = nib.as_closest_canonical(nib.Nifti1Image(pred.anomaly_map, pred.affine))
+            out = np.asarray(canon.dataobj, dtype=np.float32)
+            if out.shape != image_hu.shape:
+                raise RuntimeError(f"{path}: model map shape {out.shape} differs from the image {image_hu.shape}")
+            return out
+
+        return fn
 
     return factory
 

@@ -28,7 +28,7 @@ from monai_simsid.transforms.post.array import extract_findings, postprocess_ano
 from monai_simsid.utils.atomic import atomic_write_text
 from monai_simsid.utils.errors import InputError, find_input_error
 
-__all__ = ["AnomalyPredictor", "CasePrediction", "evaluate_cases", "input_body_mask"]
+__all__ = ["AnomalyPredictor", "CasePrediction", "evaluate_cases", "input_body_mask", "load_predictor", "predict_map"]
 
 logger = logging.getLogger(__name__)
 
@@ -309,3 +309,30 @@ def evaluate_cases(
 
     atomic_write_text(out / "metrics.json", json.dumps(to_jsonable(result), indent=2))
     return result
+
+
+_PREDICTORS: dict = {}
+
+
+def load_predictor(bundle_name: str, ckpt_path: str | os.PathLike, device: str | None = None, **overrides: Any) -> AnomalyPredictor:
+    """Build a bundle's :class:`AnomalyPredictor` from its ``inference.json`` (cached per bundle, checkpoint, device)."""
+    from monai.bundle import ConfigParser
+
+    from monai_simsid.apps.config import bundle_root
+
+    key = (bundle_name, str(ckpt_path), device, tuple(sorted(overrides.items())))
+    if key not in _PREDICTORS:
+        parser = ConfigParser()
+        parser.read_config(os.path.join(bundle_root(bundle_name), "configs", "inference.json"))
+        parser["ckpt_path"] = str(ckpt_path)
+        if device is not None:
+            parser["device"] = device
+        for k, v in overrides.items():
+            parser[k] = v
+        _PREDICTORS[key] = parser.get_parsed_content("predictor")
+    return _PREDICTORS[key]
+
+
+def predict_map(bundle_name: str, ckpt_path: str | os.PathLike, image_path: str | os.PathLike, device: str | None = None, **overrides: Any) -> CasePrediction:
+    """Predict one scan with a trained bundle: the calibrated map etc. in the input file's own voxel grid."""
+    return load_predictor(bundle_name, ckpt_path, device, **overrides).predict({"image": str(image_path)})

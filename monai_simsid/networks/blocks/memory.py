@@ -155,13 +155,14 @@ class SpaceAwareMemory(nn.Module):
             logits = logits / self.temperature
         else:
             logits = torch.einsum("nlc,nmc->nlm", queries, mem) / math.sqrt(self.feature_dim)
+        logits = logits.float()  # addressing in float32, also under autocast
         vals, idx = logits.topk(self.top_k, dim=-1)
         w = torch.softmax(vals, dim=-1)  # == softmax over all slots, top-k kept and renormalised
         if self.shrink_thres > 0:
             w = F.relu(w - self.shrink_thres) * w / ((w - self.shrink_thres).abs() + 1e-12)
             w = w / w.sum(-1, keepdim=True).clamp_min(1e-12)
-        attention = torch.zeros_like(logits).scatter(-1, idx, w)
-        read = torch.bmm(attention, mem)
+        attention = torch.zeros_like(logits).scatter(-1, idx, w.to(logits.dtype))
+        read = torch.bmm(attention, mem.float()).to(queries.dtype)
         if squeeze:
             return read.squeeze(1), attention.squeeze(1)
         return read, attention
