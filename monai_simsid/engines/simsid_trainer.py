@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -11,7 +11,8 @@ from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
 from monai_simsid.engines.base import AnomalyTrainer
-from monai_simsid.losses.simsid import AdversarialLoss, SimSIDLoss
+from monai_simsid.losses.simsid import AdversarialLoss, AnomalyHeadLoss, SimSIDLoss, masked_restoration_loss
+from monai_simsid.transforms.anomaly.batch import BatchAnomalyCorruption
 
 __all__ = ["SimSIDTrainer"]
 
@@ -24,6 +25,26 @@ class SimSIDTrainer(AnomalyTrainer):
     1. generator step: reconstruction + teacher + distillation loss (:class:`~monai_simsid.losses.SimSIDLoss`), plus
        the generator's adversarial loss every ``adv_every`` iterations;
     2. discriminator step: real windows vs detached student reconstructions.
+
+    Synthetic-anomaly supervision (off by default; on when ``restore_weight > 0`` or ``head_weight > 0``): each
+    iteration a copy of the normal windows is corrupted by ``corruption`` (a
+    :class:`~monai_simsid.transforms.anomaly.batch.BatchAnomalyCorruption`, seeded with ``(corruption_seed,
+    engine iteration)`` so runs are reproducible; by default half of the windows stay clean) and the network sees the
+    corrupted windows ``x_in`` with the change mask ``m``:
+
+    * ``restore_weight > 0`` (restoration): the SimSID loss targets the CLEAN windows (``recon = MSE(student(x_in),
+      x)``, same for the teacher) and ``restore = MSE(student(x_in), x)`` over the corrupted voxels only is added with
+      weight ``restore_weight``; the student learns to remove anomalies, so ``|x - recon|`` is high where the input
+      departs from normal anatomy;
+    * ``restore_weight == 0``: the SimSID loss targets ``x_in`` itself (plain reconstruction of what it sees);
+    * ``head_weight > 0``: ``head = head_loss(network.head_logits(x_in, recon), m)`` (BCE + soft Dice) is added with
+      weight ``head_weight``; the network needs ``anomaly_head=True``. The reconstruction fed to the head is detached
+      when ``head_detach`` (head trained alone on top of the generator), else the head loss is an auxiliary loss of
+      the whole generator. The network's ``recon_scale`` (for ``map_mode="combined"``) is updated from the error on
+      the uncorrupted voxels.
+
+    The discriminator always sees the clean windows as real. The iteration output then also has ``"restore"`` and
+    ``"head"``.
 
     Args:
         device: training device.
@@ -40,6 +61,12 @@ class SimSIDTrainer(AnomalyTrainer):
         train_handlers: Ignite handlers (checkpoints, stats, LR schedule, validation, calibration).
         amp: mixed precision on CUDA.
         key_train_metric, additional_metrics, metric_cmp_fn: as in MONAI's trainers.
+        restore_weight: weight of the masked restoration term (0: no restoration objective).
+        head_weight: weight of the anomaly-head loss (0: the head, if any, is not trained).
+        head_loss: the head loss (default :class:`~monai_simsid.losses.simsid.AnomalyHeadLoss`).
+        head_detach: detach the reconstruction fed to the head.
+        corruption: a ``BatchAnomalyCorruption``, or a mapping of its keyword arguments (default: its defaults).
+        corruption_seed: base seed of the corruption (a mapping's own ``seed`` wins).
     """
 
     def __init__(
@@ -62,9 +89,20 @@ class SimSIDTrainer(AnomalyTrainer):
         additional_metrics: dict | None = None,
         metric_cmp_fn: Callable = default_metric_cmp_fn,
         non_blocking: bool = False,
+        restore_weight: float = 0.0,
+        head_weight: float = 0.0,
+        head_loss: Callable | None = None,
+        head_detach: bool = False,
+        corruption: BatchAnomalyCorruption | Mapping[str, Any] | None = None,
+        corruption_seed: int = 0,
     ) -> None:
         if adv_every < 1:
             raise ValueError(f"adv_every must be >= 1, got {adv_every}.")
+        if restore_weight < 0 or head_weight < 0:
+            raise ValueError(f"restore_weight and head_weight must be >= 0, got {restore_weight} and {head_weight}.")
+        core = getattr(network, "module", network)
+        if head_weight > 0 and getattr(core, "anomaly_head", None) is None:
+            raise ValueError("head_weight > 0 needs a network built with anomaly_head=True.")
         super().__init__(
             device=device,
             max_epochs=max_epochs,
@@ -86,6 +124,19 @@ class SimSIDTrainer(AnomalyTrainer):
         self.adv_every = adv_every
         self.image_key = image_key
         self.region_key = region_key
+        self.restore_weight = float(restore_weight)
+        self.head_weight = float(head_weight)
+        self.head_loss = AnomalyHeadLoss() if head_loss is None else head_loss
+        self.head_detach = bool(head_detach)
+        if corruption is None or isinstance(corruption, Mapping):
+            corruption = BatchAnomalyCorruption(**{"seed": int(corruption_seed), **dict(corruption or {})})
+        self.corruption = corruption
+
+    @property
+    def supervised(self) -> bool:
+        """Whether synthetic-anomaly supervision is on."""
+        return self.restore_weight > 0 or self.head_weight > 0
+
     def _iteration(self, engine: SimSIDTrainer, batchdata: dict[str, Any]) -> dict[str, float]:  # type: ignore[override]
         if batchdata is None:
             raise ValueError("must provide batch data for current iteration.")
@@ -97,15 +148,36 @@ class SimSIDTrainer(AnomalyTrainer):
         net.train()
         has_disc = self.d_optimizer is not None and getattr(core, "discriminator", None) is not None
 
+        x_in, mask = x, None
+        if self.supervised:
+            x_in, mask, _ = self.corruption(x, seed=int(engine.state.iteration))
+        target = x if self.restore_weight > 0 else x_in
+
         with self._autocast():
-            out = net(x, region)
-            terms = self.loss_function(x, out)
+            out = net(x_in, region)
+            terms = self.loss_function(target, out)
             g_total = terms["total"]
+            extra: dict[str, torch.Tensor] = {}
+            if self.supervised:
+                restore = torch.zeros((), device=x.device)
+                if self.restore_weight > 0:
+                    restore = masked_restoration_loss(out.student_recon, x, mask)
+                    g_total = g_total + self.restore_weight * restore
+                head = torch.zeros((), device=x.device)
+                if self.head_weight > 0:
+                    recon = out.student_recon.detach() if self.head_detach else out.student_recon
+                    head = self.head_loss(core.head_logits(x_in, recon), mask)
+                    g_total = g_total + self.head_weight * head
+                extra = {"restore": restore, "head": head}
             g_adv = torch.zeros((), device=x.device)
             if has_disc and engine.state.iteration % self.adv_every == 0:
                 g_adv = self.adversarial_loss.generator_loss(core.discriminate(out.student_recon))
                 g_total = g_total + g_adv
         self._step(g_total, self.g_optimizer)
+        if mask is not None and getattr(core, "anomaly_head", None) is not None:
+            with torch.no_grad():
+                err = (out.student_recon.detach().float() - x_in.float()).abs().mean(1, keepdim=True)
+                core.update_recon_scale(err[mask < 0.5])
 
         d_loss = torch.zeros((), device=x.device)
         if has_disc:
@@ -115,6 +187,6 @@ class SimSIDTrainer(AnomalyTrainer):
                 )
             self._step(d_loss, self.d_optimizer)  # type: ignore[arg-type]
 
-        result = {k: float(v.detach()) for k, v in terms.items() if k != "total"}
+        result = {k: float(v.detach()) for k, v in {**terms, **extra}.items() if k != "total"}
         result.update({"loss": float(g_total.detach()), "g_adv": float(g_adv.detach()), "d_loss": float(d_loss.detach())})
         return result

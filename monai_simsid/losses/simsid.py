@@ -8,7 +8,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["SimSIDLoss", "AdversarialLoss", "discriminator_loss", "generator_adversarial_loss"]
+__all__ = [
+    "SimSIDLoss",
+    "AdversarialLoss",
+    "AnomalyHeadLoss",
+    "discriminator_loss",
+    "generator_adversarial_loss",
+    "masked_restoration_loss",
+]
 
 
 class SimSIDLoss(nn.Module):
@@ -76,3 +83,47 @@ class AdversarialLoss(nn.Module):
 
     def forward(self, fake_logits: torch.Tensor) -> torch.Tensor:
         return self.generator_loss(fake_logits)
+
+
+def masked_restoration_loss(recon: torch.Tensor, clean: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """MSE between ``recon`` and the ``clean`` target over the voxels of ``mask`` ``(B, 1, *S)`` (0 if empty).
+
+    The plain reconstruction term averages over every voxel, where synthetic anomalies are a small fraction; this
+    term averages over the corrupted voxels only, so removing the anomaly carries weight of its own.
+    """
+    m = mask.to(recon.dtype).expand_as(recon)
+    denom = m.sum()
+    if float(denom) <= 0:
+        return recon.new_zeros(()) + 0.0 * recon.sum()  # keep the graph connected
+    return ((recon - clean) ** 2 * m).sum() / denom
+
+
+class AnomalyHeadLoss(nn.Module):
+    """BCE + soft Dice of the anomaly-head logits against the synthetic-anomaly mask.
+
+    ``loss = bce_weight * BCE(logits, mask; pos_weight) + dice_weight * (1 - soft_dice)``; the soft Dice is computed
+    over the whole batch (so windows without anomalies do not give undefined terms) with smoothing ``smooth``.
+
+    Args:
+        bce_weight: weight of the BCE term.
+        dice_weight: weight of the soft-Dice term.
+        pos_weight: BCE weight of the positive (anomalous) voxels.
+        smooth: Dice smoothing constant.
+    """
+
+    def __init__(self, bce_weight: float = 1.0, dice_weight: float = 1.0, pos_weight: float = 1.0,
+                 smooth: float = 1.0) -> None:
+        super().__init__()
+        if min(bce_weight, dice_weight, smooth) < 0 or pos_weight <= 0:
+            raise ValueError("bce_weight, dice_weight and smooth must be >= 0 and pos_weight > 0.")
+        self.bce_weight, self.dice_weight = float(bce_weight), float(dice_weight)
+        self.pos_weight, self.smooth = float(pos_weight), float(smooth)
+
+    def forward(self, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        target = mask.to(logits.dtype)
+        pw = logits.new_tensor(self.pos_weight)
+        bce = F.binary_cross_entropy_with_logits(logits, target, pos_weight=pw)
+        prob = torch.sigmoid(logits)
+        inter = (prob * target).sum()
+        dice = (2 * inter + self.smooth) / (prob.sum() + target.sum() + self.smooth)
+        return self.bce_weight * bce + self.dice_weight * (1.0 - dice)

@@ -15,9 +15,38 @@ from monai_simsid.networks.blocks.inpainting import InpaintingBlock
 from monai_simsid.networks.blocks.memory import MemoryBlock
 from monai_simsid.networks.nets.discriminator import SimSIDDiscriminator
 
-__all__ = ["SimSID", "SimSIDOutput", "SimSIDTrainOutput"]
+__all__ = ["SimSID", "SimSIDOutput", "SimSIDTrainOutput", "AnomalyHead", "MAP_MODES"]
 
 _INTERP = {1: "linear", 2: "bilinear", 3: "trilinear"}
+
+#: eval-mode anomaly-map modes of :class:`SimSID` (see its ``map_mode`` argument).
+MAP_MODES = ("recon", "head", "combined")
+
+
+class AnomalyHead(nn.Module):
+    """Small fully-convolutional head: ``[x, recon, |x - recon|]`` -> one voxel logit map.
+
+    ``num_layers`` convs (kernel 3, dilations 1, 2, 4, ... for a wider receptive field) with instance norm and
+    LeakyReLU, then a 1x1 conv to one logit. The input is ``3 * in_channels`` channels.
+    """
+
+    def __init__(self, spatial_dims: int, in_channels: int = 1, channels: int = 16, num_layers: int = 3) -> None:
+        super().__init__()
+        if channels < 1 or num_layers < 1:
+            raise ValueError(f"channels and num_layers must be >= 1, got {channels} and {num_layers}.")
+        conv = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[spatial_dims]
+        norm = {1: nn.InstanceNorm1d, 2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d}[spatial_dims]
+        layers: list[nn.Module] = []
+        c_in = 3 * in_channels
+        for i in range(num_layers):
+            d = 2**i
+            layers += [conv(c_in, channels, 3, padding=d, dilation=d), norm(channels, affine=True), nn.LeakyReLU(0.2)]
+            c_in = channels
+        layers.append(conv(c_in, 1, 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([x, recon, (x - recon).abs()], dim=1))
 
 
 class SimSIDTrainOutput(NamedTuple):
@@ -68,6 +97,16 @@ class SimSID(nn.Module):
         norm: norm of encoder/decoders.
         out_act: optional activation on the reconstructions (e.g. ``"sigmoid"`` for [0, 1] images).
         overlapping_up: k4-s2 transposed convs in the decoders (paper-like); False gives k2-s2 (CPU preset).
+        anomaly_head: build ``self.anomaly_head``, an :class:`AnomalyHead` on ``[x, recon, |x - recon|]`` that is
+            trained (by :class:`~monai_simsid.engines.SimSIDTrainer` with ``head_weight > 0``) to segment synthetic
+            anomalies, plus a ``recon_scale`` buffer (running 99th percentile of the normal-voxel reconstruction
+            error, updated by the trainer). Off by default: the state dict is then unchanged.
+        head_channels: channels of the anomaly head.
+        map_mode: eval-mode anomaly map: ``"recon"`` (``|x - recon|`` [+ feature term], the default),
+            ``"head"`` (sigmoid of the head logit, in [0, 1]) or ``"combined"``
+            (``0.5 * recon_map / recon_scale + 0.5 * sigmoid(head)``: the reconstruction map in units of the normal
+            99th-percentile error, so ~<= 0.5 on normal voxels, plus half the head probability). ``"head"`` and
+            ``"combined"`` need ``anomaly_head=True``. The attribute can be changed after construction.
     """
 
     def __init__(
@@ -91,6 +130,9 @@ class SimSID(nn.Module):
         norm: str | tuple | None = "batch",
         out_act: str | tuple | None = None,
         overlapping_up: bool = True,
+        anomaly_head: bool = False,
+        head_channels: int = 16,
+        map_mode: str = "recon",
     ) -> None:
         super().__init__()
         if spatial_dims not in (1, 2, 3):
@@ -136,10 +178,48 @@ class SimSID(nn.Module):
             for i in range(decoder_memory_levels)
         )
         self.discriminator = SimSIDDiscriminator(spatial_dims, in_channels, disc_channels) if with_discriminator else None
+        self.anomaly_head: AnomalyHead | None = None
+        if anomaly_head:
+            self.anomaly_head = AnomalyHead(spatial_dims, in_channels, head_channels)
+            self.register_buffer("recon_scale", torch.zeros(()))  # 0: not yet estimated (treated as 1)
+        self.map_mode = map_mode
+        self._check_map_mode()
+
+    def _check_map_mode(self) -> None:
+        if self.map_mode not in MAP_MODES:
+            raise ValueError(f"map_mode must be one of {MAP_MODES}, got {self.map_mode!r}.")
+        if self.map_mode != "recon" and self.anomaly_head is None:
+            raise ValueError(f"map_mode={self.map_mode!r} needs anomaly_head=True.")
+
+    # ------------------------------------------------------------------ anomaly head
+    def head_logits(self, x: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
+        """Voxel anomaly logits ``(B, 1, *S)`` of the anomaly head for input ``x`` and its reconstruction."""
+        if self.anomaly_head is None:
+            raise RuntimeError("this SimSID was built with anomaly_head=False.")
+        return self.anomaly_head(x, recon)
+
+    @torch.no_grad()
+    def update_recon_scale(self, err: torch.Tensor, momentum: float = 0.05, q: float = 0.99) -> None:
+        """Update the ``recon_scale`` buffer (EMA) with the ``q``-quantile of the normal-voxel errors ``err``.
+
+        No-op without an anomaly head or when ``err`` is empty.
+        """
+        if self.anomaly_head is None:
+            return
+        v = err.detach().reshape(-1).float()
+        if v.numel() == 0:
+            return
+        if v.numel() > 200_000:  # torch.quantile has an input-size limit; a strided subsample is plenty
+            v = v[:: v.numel() // 200_000 + 1]
+        val = torch.quantile(v, q).clamp_min(1e-6).to(self.recon_scale)
+        if float(self.recon_scale) <= 0:
+            self.recon_scale.copy_(val)
+        else:
+            self.recon_scale.mul_(1 - momentum).add_(momentum * val)
 
     # ------------------------------------------------------------------ parameters
     def generator_parameters(self) -> Iterator[nn.Parameter]:
-        """All parameters except the discriminator's."""
+        """All parameters except the discriminator's (the anomaly head's are included)."""
         return (p for n, p in self.named_parameters() if not n.startswith("discriminator."))
 
     def discriminator_parameters(self) -> Iterator[nn.Parameter]:
@@ -189,6 +269,14 @@ class SimSID(nn.Module):
             ferr = (inpainted - z).pow(2).mean(1, keepdim=True)
             ferr = F.interpolate(ferr, size=x.shape[2:], mode=_INTERP[self.spatial_dims], align_corners=False)
             amap = amap + self.map_feature_weight * ferr
+        self._check_map_mode()
+        if self.map_mode != "recon":
+            prob = torch.sigmoid(self.head_logits(x, student_recon))
+            if self.map_mode == "head":
+                amap = prob
+            else:
+                scale = self.recon_scale if float(self.recon_scale) > 0 else self.recon_scale.new_ones(())
+                amap = 0.5 * amap / scale + 0.5 * prob
         if self.discriminator is not None:
             score = -self.discriminate(student_recon)
         else:
