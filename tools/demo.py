@@ -39,8 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-abnormal", type=int, default=6)
     p.add_argument("--size", type=int, default=96)
     p.add_argument("--spacing", type=float, default=1.5)
-    p.add_argument("--max-epochs", type=int, default=40)
+    p.add_argument("--max-epochs", type=int, default=30)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--learning-rate", type=float, default=1e-3,
+                   help="the bundle default is the paper's 1e-4; the short CPU demo uses 1e-3")
     args = p.parse_args(argv)
     out = Path(args.out).resolve()
     py = sys.executable
@@ -55,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
          "--seed", str(args.seed), "--montage", str(out / "synthetic_montage.png")])
     datalist = str(data / "datalist.json")
     run(bundle_run + ["--config_file", str(BUNDLE / "train.json"), "--datalist", datalist,
-                      "--output_dir", str(out / "train"), "--max_epochs", str(args.max_epochs), "--progress", "False"])
+                      "--output_dir", str(out / "train"), "--max_epochs", str(args.max_epochs), "--progress", "False",
+                      "--learning_rate", str(args.learning_rate)])
     ckpt = str(out / "train" / "models" / "model.pt")
     run(bundle_run + ["--config_file", str(BUNDLE / "inference.json"), "--ckpt_path", ckpt, "--datalist", datalist,
                       "--output_dir", str(out / "inference")])
