@@ -190,7 +190,13 @@ def _model_method(spec: str) -> Callable[[BenchmarkContext], MapFn]:
         from monai_simsid.apps.inference import predict_map
 
         def fn(path, image_hu, affine, spacing):
-            pred = predict_map(bundle, ckpt, path, device=os.environ.get("BENCHMARK_DEVICE"), check_ct=ctx.region != "crop")
+            # a nodule crop has no body outline and sits inside the lung: treat the whole crop as body and pad it
+            # with its own edge values (air padding would make every crop border look abnormal)
+            crop = {"body_mode": "whole", "image_pad_mode": "replicate"} if ctx.region == "crop" else {}
+            pred = predict_map(
+                bundle, ckpt, path, device=os.environ.get("BENCHMARK_DEVICE"), check_ct=ctx.region != "crop",
+                preprocessing_overrides=crop,
+            )
             canon = nib.as_closest_canonical(nib.Nifti1Image(pred.anomaly_map, pred.affine))
             out = np.asarray(canon.dataobj, dtype=np.float32)
             if out.shape != image_hu.shape:

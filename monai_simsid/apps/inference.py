@@ -36,6 +36,8 @@ logger = logging.getLogger(__name__)
 def input_body_mask(image_hu: np.ndarray, affine: np.ndarray, settings: Mapping[str, Any] | None = None) -> np.ndarray:
     """Body mask on the input's own voxel grid, with axial slices taken along the axis closest to superior."""
     settings = settings or {}
+    if settings.get("body_mode", "threshold") == "whole":
+        return np.ones(image_hu.shape, dtype=bool)
     spacing = spacing_from_affine(affine)
     axial_axis = int(np.argmax(np.abs(np.asarray(affine)[2, :3]) / spacing))
     return compute_body_mask(
@@ -320,7 +322,7 @@ def load_predictor(bundle_name: str, ckpt_path: str | os.PathLike, device: str |
 
     from monai_simsid.apps.config import bundle_root
 
-    key = (bundle_name, str(ckpt_path), device, tuple(sorted(overrides.items())))
+    key = (bundle_name, str(ckpt_path), device, repr(sorted(overrides.items())))
     if key not in _PREDICTORS:
         parser = ConfigParser()
         parser.read_config(os.path.join(bundle_root(bundle_name), "configs", "inference.json"))

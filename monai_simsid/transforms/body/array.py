@@ -113,6 +113,8 @@ class BodyMask(Transform):
         opening_mm: in-plane opening radius in mm.
         spacing: voxel spacing; read from the MetaTensor affine when None.
         axial_axis: spatial axis perpendicular to axial slices (2 after RAS orientation).
+        mode: ``"threshold"`` (the body of a whole scan) or ``"whole"`` (every voxel: small crops inside the lung
+            such as nodule VOIs, where no body outline exists).
     """
 
     def __init__(
@@ -121,9 +123,13 @@ class BodyMask(Transform):
         opening_mm: float = 3.0,
         spacing: Sequence[float] | None = None,
         axial_axis: int = 2,
+        mode: str = "threshold",
     ) -> None:
         if opening_mm < 0:
             raise ValueError(f"opening_mm must be >= 0, got {opening_mm}.")
+        if mode not in ("threshold", "whole"):
+            raise ValueError(f"mode must be 'threshold' or 'whole', got {mode!r}.")
+        self.mode = mode
         self.threshold = threshold
         self.opening_mm = opening_mm
         self.spacing = spacing
@@ -132,6 +138,8 @@ class BodyMask(Transform):
     def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
         arr = img.detach().cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img)
         spacing = _spacing_from(img, self.spacing)
+        if self.mode == "whole":
+            return convert_to_dst_type(np.ones_like(arr[:1], dtype=np.float32), img, dtype=torch.float32 if isinstance(img, torch.Tensor) else np.float32)[0]
         masks = [
             compute_body_mask(c, spacing, self.threshold, self.opening_mm, self.axial_axis) for c in arr[:1]
         ]

@@ -31,10 +31,11 @@ class BodyMaskd(MapTransform):
         spacing: Sequence[float] | None = None,
         axial_axis: int = 2,
         allow_missing_keys: bool = False,
+        mode: str = "threshold",
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.body_key = body_key
-        self.transform = BodyMask(threshold, opening_mm, spacing, axial_axis)
+        self.transform = BodyMask(threshold, opening_mm, spacing, axial_axis, mode)
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
