@@ -331,7 +331,13 @@ def load_predictor(bundle_name: str, ckpt_path: str | os.PathLike, device: str |
             parser["device"] = device
         for k, v in overrides.items():
             parser[k] = v
-        _PREDICTORS[key] = parser.get_parsed_content("predictor")
+        try:
+            _PREDICTORS[key] = parser.get_parsed_content("predictor")
+        except Exception as exc:  # noqa: BLE001 - the config parser wraps the real cause
+            err = find_input_error(exc)
+            if err is None:
+                raise
+            raise err from None
     return _PREDICTORS[key]
 
 

@@ -133,7 +133,7 @@ def _benchmark_module():
     return mod
 
 
-def test_benchmark_helpers_and_model_todo():
+def test_benchmark_helpers_and_model_method():
     bench = _benchmark_module()
     score = np.zeros((4, 4, 4), np.float32)
     lesion = np.zeros_like(score, dtype=bool)
@@ -142,9 +142,12 @@ def test_benchmark_helpers_and_model_todo():
     assert bench.top_voxel_hit(score, lesion) == pytest.approx(0.5)
     assert bench.scan_score(score, np.ones_like(lesion)) == pytest.approx(1.0)
     assert set(bench.METHODS) >= {"intensity_rule", "local_zscore"}
-    factory = bench.resolve_method("model:simsid_ct:/tmp/ckpt.pt")
-    with pytest.raises(NotImplementedError, match="predict_map"):
-        factory(bench.BenchmarkContext(Path("."), []))
+    factory = bench.resolve_method("model:simsid_ct:/tmp/no_such_ckpt.pt")
+    fn = factory(bench.BenchmarkContext(Path("."), []))
+    with pytest.raises(Exception, match="no_such_ckpt.pt"):  # a missing checkpoint is a clear error
+        fn(Path("x.nii.gz"), score, np.eye(4), (1.0, 1.0, 1.0))
+    with pytest.raises(ValueError, match="model:<bundle_name>:<ckpt_path>"):
+        bench.resolve_method("model:simsid_ct")
     with pytest.raises(ValueError):
         bench.resolve_method("nope")
     assert bench.main(["--data-dir", str(REPO / "no_such_folder")]) == 0  # absent data: skipped
