@@ -181,10 +181,12 @@ def _model_method(spec: str) -> Callable[[BenchmarkContext], MapFn]:
     """Factory of ``model:<bundle_name>:<ckpt_path>``: a trained bundle's calibrated map, in the benchmark's
     canonical (closest-RAS) voxel order. The model is whatever the checkpoint was trained on: leave-one-out does not
     apply, so a normal scan that was in its training set is scored optimistically (the tables say so)."""
-    parts = spec.split(":", 2)
-    if len(parts) != 3 or not parts[1] or not parts[2]:
+    parts = spec.split(":", 3)
+    if len(parts) < 3 or not parts[1] or not parts[2]:
         raise ValueError(f"a model method must be 'model:<bundle_name>:<ckpt_path>', got {spec!r}.")
     bundle, ckpt = parts[1], parts[2]
+    # optional model overrides, e.g. model:simsid_ct:ckpt.pt:map_mode=head
+    model_overrides = dict(kv.split("=", 1) for kv in parts[3].split(",")) if len(parts) == 4 and parts[3] else {}
 
     def factory(ctx: BenchmarkContext) -> MapFn:
         from monai_simsid.apps.inference import predict_map
@@ -195,7 +197,7 @@ def _model_method(spec: str) -> Callable[[BenchmarkContext], MapFn]:
             crop = {"body_mode": "whole", "image_pad_mode": "replicate"} if ctx.region == "crop" else {}
             pred = predict_map(
                 bundle, ckpt, path, device=os.environ.get("BENCHMARK_DEVICE"), check_ct=ctx.region != "crop",
-                preprocessing_overrides=crop,
+                preprocessing_overrides=crop, model_overrides=model_overrides,
             )
             canon = nib.as_closest_canonical(nib.Nifti1Image(pred.anomaly_map, pred.affine))
             out = np.asarray(canon.dataobj, dtype=np.float32)
@@ -601,6 +603,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
+    if "--bundles" in (sys.argv[1:] if argv is None else argv):  # side-by-side bundle comparison (synthetic/any datalist)
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("compare_bundles", Path(__file__).with_name("compare_bundles.py"))
+        compare_bundles = sys.modules["compare_bundles"] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(compare_bundles)
+        return compare_bundles.main(list(sys.argv[1:] if argv is None else argv))
     args = build_parser().parse_args(argv)
     data_dir = Path(args.data_dir)
     if not data_dir.is_dir():
