@@ -7,13 +7,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.engines.utils import default_metric_cmp_fn
 from monai.utils.misc import MAX_SEED
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
 from monai_simsid.engines.base import AnomalyTrainer
-from monai_simsid.engines.reconstruction_trainer import batch_windows
 from monai_simsid.losses.baselines import CutPasteLoss
 from monai_simsid.networks.blocks.density import GaussianDensity
 from monai_simsid.transforms.anomaly.pretext import PRETEXT_LABEL_KEY
@@ -68,37 +66,14 @@ class CutPasteTrainer(AnomalyTrainer):
         label_key: str = PRETEXT_LABEL_KEY,
         pretext_transform: Callable | None = None,
         seed: int = 0,
-        epoch_length: int | None = None,
-        image_key: str = "image",
-        region_key: str = "region",
-        train_handlers: Sequence | None = None,
-        amp: bool = False,
-        key_train_metric: dict | None = None,
-        additional_metrics: dict | None = None,
-        metric_cmp_fn: Callable = default_metric_cmp_fn,
-        non_blocking: bool = False,
+        **kwargs: Any,
     ) -> None:
         if optimizer is None:
             raise ValueError("optimizer must be given.")
-        super().__init__(
-            device=device,
-            max_epochs=max_epochs,
-            data_loader=train_data_loader,
-            epoch_length=epoch_length,
-            non_blocking=non_blocking,
-            key_metric=key_train_metric,
-            additional_metrics=additional_metrics,
-            metric_cmp_fn=metric_cmp_fn,
-            handlers=train_handlers,
-            amp=amp,
-            decollate=False,
-        )
-        self.network = network
+        super().__init__(device, max_epochs, train_data_loader, network, **kwargs)
         self.optimizer = optimizer
         self.loss_function = CutPasteLoss() if loss_function is None else loss_function
         self.label_key = label_key
-        self.image_key = image_key
-        self.region_key = region_key
         self.pretext_transform = pretext_transform
         if pretext_transform is not None and hasattr(pretext_transform, "set_random_state"):
             pretext_transform.set_random_state(int(seed) % MAX_SEED)
@@ -128,8 +103,7 @@ class CutPasteTrainer(AnomalyTrainer):
             raise ValueError("must provide batch data for current iteration.")
         if self.label_key not in batchdata:
             batchdata = self._make_pretext(batchdata)
-        device = engine.state.device
-        x, region = batch_windows(batchdata, self.image_key, self.region_key, device, self.non_blocking)
+        x, region = self._windows(engine, batchdata)
         labels = torch.as_tensor(batchdata[self.label_key]).to(engine.state.device).long().reshape(-1)
         self.network.train()
         with self._autocast():

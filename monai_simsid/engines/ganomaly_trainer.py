@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from monai.engines.utils import default_metric_cmp_fn
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
 from monai_simsid.engines.base import AnomalyTrainer
-from monai_simsid.engines.reconstruction_trainer import batch_windows
 from monai_simsid.losses.baselines import GANomalyLoss
 
 __all__ = ["GANomalyTrainer", "reinitialize_module"]
@@ -78,19 +75,12 @@ class GANomalyTrainer(AnomalyTrainer):
         d_optimizer: Optimizer,
         loss_function: GANomalyLoss | None = None,
         reinit_d_below: float | bool | None = None,
-        epoch_length: int | None = None,
-        image_key: str = "image",
-        region_key: str = "region",
-        train_handlers: Sequence | None = None,
-        amp: bool = False,
-        key_train_metric: dict | None = None,
-        additional_metrics: dict | None = None,
-        metric_cmp_fn: Callable = default_metric_cmp_fn,
-        non_blocking: bool = False,
+        **kwargs: Any,
     ) -> None:
         if g_optimizer is None or d_optimizer is None:
             raise ValueError("GANomalyTrainer needs both g_optimizer and d_optimizer.")
-        if not hasattr(network, "discriminate") or getattr(network, "discriminator", None) is None:
+        core = getattr(network, "module", network)  # DistributedDataParallel wraps the model
+        if not hasattr(core, "discriminate") or getattr(core, "discriminator", None) is None:
             raise ValueError(f"network {type(network).__name__} has no discriminator (expected a GANomaly).")
         if reinit_d_below is True:
             reinit_d_below = PAPER_REINIT_THRESHOLD
@@ -98,50 +88,35 @@ class GANomalyTrainer(AnomalyTrainer):
             reinit_d_below = None
         if reinit_d_below is not None and not float(reinit_d_below) > 0:
             raise ValueError(f"reinit_d_below must be positive, True or None, got {reinit_d_below}.")
-        super().__init__(
-            device=device,
-            max_epochs=max_epochs,
-            data_loader=train_data_loader,
-            epoch_length=epoch_length,
-            non_blocking=non_blocking,
-            key_metric=key_train_metric,
-            additional_metrics=additional_metrics,
-            metric_cmp_fn=metric_cmp_fn,
-            handlers=train_handlers,
-            amp=amp,
-            decollate=False,
-        )
-        self.network = network
+        super().__init__(device, max_epochs, train_data_loader, network, **kwargs)
         self.g_optimizer = g_optimizer
         self.d_optimizer = d_optimizer
         self.loss_function = GANomalyLoss() if loss_function is None else loss_function
         self.reinit_d_below = None if reinit_d_below is None else float(reinit_d_below)
-        self.image_key = image_key
-        self.region_key = region_key
         self.num_d_reinits = 0
 
     def _iteration(  # type: ignore[override]
         self, engine: GANomalyTrainer, batchdata: dict[str, Any]
     ) -> dict[str, float]:
-        device = engine.state.device
-        x, region = batch_windows(batchdata, self.image_key, self.region_key, device, self.non_blocking)
+        x, region = self._windows(engine, batchdata)
         net = self.network
+        core = getattr(net, "module", net)  # DistributedDataParallel wraps the model
         net.train()
 
         # 1. generator: feature matching + contextual + latent
         with self._autocast():
             out = net(x, region)
             with torch.no_grad():
-                _, f_real = net.discriminate(x)
-            _, f_fake = net.discriminate(out.reconstruction)
+                _, f_real = core.discriminate(x)
+            _, f_fake = core.discriminate(out.reconstruction)
             terms = self.loss_function(x, out, f_real, f_fake)
         g_total = terms["total"]
         self._step(g_total, self.g_optimizer)
 
         # 2. discriminator: real windows vs detached reconstructions (zero_grad also drops the G-step's D grads)
         with self._autocast():
-            real_logits, _ = net.discriminate(x)
-            fake_logits, _ = net.discriminate(out.reconstruction.detach())
+            real_logits, _ = core.discriminate(x)
+            fake_logits, _ = core.discriminate(out.reconstruction.detach())
             d_loss = self.loss_function.discriminator_loss(real_logits, fake_logits)
         self._step(d_loss, self.d_optimizer)
 
@@ -149,7 +124,7 @@ class GANomalyTrainer(AnomalyTrainer):
         d_value = float(d_loss.detach())
         reinit = self.reinit_d_below is not None and d_value < self.reinit_d_below
         if reinit:
-            reinitialize_module(net.discriminator)
+            reinitialize_module(core.discriminator)
             self.num_d_reinits += 1
             logger.info("discriminator loss %.3g < %.3g: re-initialised D", d_value, self.reinit_d_below)
 

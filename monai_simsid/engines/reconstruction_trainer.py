@@ -2,36 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import torch
-from monai.engines.utils import default_metric_cmp_fn
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
 from monai_simsid.engines.base import AnomalyTrainer
 from monai_simsid.losses.baselines import ReconstructionLoss
 
-__all__ = ["ReconstructionTrainer", "batch_windows"]
-
-
-def batch_windows(
-    batchdata: dict[str, Any], image_key: str, region_key: str, device: torch.device | str, non_blocking: bool = False
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Windows ``(B, C, *roi)`` (float, on ``device``) and region indices ``(B,)`` (or None) of a batch dict.
-
-    Raises:
-        ValueError: if the batch is missing or has no ``image_key``.
-    """
-    if batchdata is None:
-        raise ValueError("must provide batch data for current iteration.")
-    if image_key not in batchdata:
-        raise ValueError(f"batch has no '{image_key}' key (keys: {sorted(map(str, batchdata))}).")
-    x = torch.as_tensor(batchdata[image_key]).to(device, non_blocking=non_blocking).float()
-    region = batchdata.get(region_key)
-    region = None if region is None else torch.as_tensor(region).to(device).long().reshape(-1)
-    return x, region
+__all__ = ["ReconstructionTrainer"]
 
 
 class ReconstructionTrainer(AnomalyTrainer):
@@ -66,42 +47,18 @@ class ReconstructionTrainer(AnomalyTrainer):
         network: torch.nn.Module,
         optimizer: Optimizer,
         loss_function: Callable | None = None,
-        epoch_length: int | None = None,
-        image_key: str = "image",
-        region_key: str = "region",
-        train_handlers: Sequence | None = None,
-        amp: bool = False,
-        key_train_metric: dict | None = None,
-        additional_metrics: dict | None = None,
-        metric_cmp_fn: Callable = default_metric_cmp_fn,
-        non_blocking: bool = False,
+        **kwargs: Any,
     ) -> None:
         if optimizer is None:
             raise ValueError("optimizer must be given.")
-        super().__init__(
-            device=device,
-            max_epochs=max_epochs,
-            data_loader=train_data_loader,
-            epoch_length=epoch_length,
-            non_blocking=non_blocking,
-            key_metric=key_train_metric,
-            additional_metrics=additional_metrics,
-            metric_cmp_fn=metric_cmp_fn,
-            handlers=train_handlers,
-            amp=amp,
-            decollate=False,
-        )
-        self.network = network
+        super().__init__(device, max_epochs, train_data_loader, network, **kwargs)
         self.optimizer = optimizer
         self.loss_function = ReconstructionLoss() if loss_function is None else loss_function
-        self.image_key = image_key
-        self.region_key = region_key
 
     def _iteration(  # type: ignore[override]
         self, engine: ReconstructionTrainer, batchdata: dict[str, Any]
     ) -> dict[str, float]:
-        device = engine.state.device
-        x, region = batch_windows(batchdata, self.image_key, self.region_key, device, self.non_blocking)
+        x, region = self._windows(engine, batchdata)
         self.network.train()
         with self._autocast():
             out = self.network(x, region)

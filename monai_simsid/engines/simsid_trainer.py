@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
-from monai.engines.utils import default_metric_cmp_fn
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
@@ -80,21 +79,13 @@ class SimSIDTrainer(AnomalyTrainer):
         loss_function: Callable | None = None,
         adversarial_loss: AdversarialLoss | None = None,
         adv_every: int = 2,
-        epoch_length: int | None = None,
-        image_key: str = "image",
-        region_key: str = "region",
-        train_handlers: Sequence | None = None,
-        amp: bool = False,
-        key_train_metric: dict | None = None,
-        additional_metrics: dict | None = None,
-        metric_cmp_fn: Callable = default_metric_cmp_fn,
-        non_blocking: bool = False,
         restore_weight: float = 0.0,
         head_weight: float = 0.0,
         head_loss: Callable | None = None,
         head_detach: bool = False,
         corruption: BatchAnomalyCorruption | Mapping[str, Any] | None = None,
         corruption_seed: int = 0,
+        **kwargs: Any,
     ) -> None:
         if adv_every < 1:
             raise ValueError(f"adv_every must be >= 1, got {adv_every}.")
@@ -103,27 +94,12 @@ class SimSIDTrainer(AnomalyTrainer):
         core = getattr(network, "module", network)
         if head_weight > 0 and getattr(core, "anomaly_head", None) is None:
             raise ValueError("head_weight > 0 needs a network built with anomaly_head=True.")
-        super().__init__(
-            device=device,
-            max_epochs=max_epochs,
-            data_loader=train_data_loader,
-            epoch_length=epoch_length,
-            non_blocking=non_blocking,
-            key_metric=key_train_metric,
-            additional_metrics=additional_metrics,
-            metric_cmp_fn=metric_cmp_fn,
-            handlers=train_handlers,
-            amp=amp,
-            decollate=False,
-        )
-        self.network = network
+        super().__init__(device, max_epochs, train_data_loader, network, **kwargs)
         self.g_optimizer = g_optimizer
         self.d_optimizer = d_optimizer
         self.loss_function = SimSIDLoss() if loss_function is None else loss_function
         self.adversarial_loss = AdversarialLoss() if adversarial_loss is None else adversarial_loss
         self.adv_every = adv_every
-        self.image_key = image_key
-        self.region_key = region_key
         self.restore_weight = float(restore_weight)
         self.head_weight = float(head_weight)
         self.head_loss = AnomalyHeadLoss() if head_loss is None else head_loss
