@@ -223,6 +223,14 @@ class _RandAnomalyBase(RandomizableTransform):
         starts = [int(np.clip(ci - z // 2, 0, s - z)) for ci, z, s in zip(c, sizes, spatial_shape)]
         return [[a, a + z] for a, z in zip(starts, sizes)]
 
+    def __call__(  # type: ignore[override]
+        self, img: NdarrayOrTensor, restrict_mask: NdarrayOrTensor | None = None, randomize: bool = True
+    ) -> tuple[NdarrayOrTensor, NdarrayOrTensor]:
+        """Return ``(image, change_mask)``; ``randomize=False`` reuses the last sampled parameters."""
+        if randomize:
+            self.randomize(img, restrict_mask)
+        return self._apply(img)
+
     def _apply(self, img: NdarrayOrTensor, **kwargs) -> tuple[NdarrayOrTensor, NdarrayOrTensor]:
         if not self._do_transform or self._params is None:
             _as_numpy(img)
@@ -384,14 +392,6 @@ class RandCutPaste(_RandAnomalyBase):
             "intensity_scale": float(self.R.uniform(*self.intensity_scale_range)),
             "intensity_shift": shift,
         }
-
-    def __call__(  # type: ignore[override]
-        self, img: NdarrayOrTensor, restrict_mask: NdarrayOrTensor | None = None, randomize: bool = True
-    ) -> tuple[NdarrayOrTensor, NdarrayOrTensor]:
-        """Return ``(image, change_mask)``; ``randomize=False`` reuses the last sampled parameters."""
-        if randomize:
-            self.randomize(img, restrict_mask)
-        return self._apply(img)
 
 
 # -------------------------------------------------------------------------------------------------------------- scar
@@ -591,14 +591,6 @@ class RandScar(_RandAnomalyBase):
         params["thickness"] = thickness
         params["intensity"] = float(lo + self.R.uniform(*self.intensity_range) * span)
         self._params = params
-
-    def __call__(  # type: ignore[override]
-        self, img: NdarrayOrTensor, restrict_mask: NdarrayOrTensor | None = None, randomize: bool = True
-    ) -> tuple[NdarrayOrTensor, NdarrayOrTensor]:
-        """Return ``(image, change_mask)``; ``randomize=False`` reuses the last sampled parameters."""
-        if randomize:
-            self.randomize(img, restrict_mask)
-        return self._apply(img)
 
 
 # ----------------------------------------------------------------------------------------------- foreign patch blend
@@ -872,14 +864,6 @@ class RandEllipsoidLesion(_RandAnomalyBase):
             "edge_width": float(min(self.R.uniform(*self.edge_width_range), max(0.5, 0.5 * min(radii)))),
             "intensity_mode": self.intensity_mode,
         }
-
-    def __call__(  # type: ignore[override]
-        self, img: NdarrayOrTensor, restrict_mask: NdarrayOrTensor | None = None, randomize: bool = True
-    ) -> tuple[NdarrayOrTensor, NdarrayOrTensor]:
-        """Return ``(image, change_mask)``; ``randomize=False`` reuses the last sampled parameters."""
-        if randomize:
-            self.randomize(img, restrict_mask)
-        return self._apply(img)
 
 
 # ------------------------------------------------------------------------------------------------ random selection
