@@ -1,0 +1,109 @@
+#!/usr/bin/env python
+"""Speed and memory of full-scan inference with the simsid_ct bundle on synthetic scans of given shapes.
+
+Prints one JSON object: per shape, seconds split into load, preprocess, model, post-process and write, voxels per
+second and the peak resident memory of this process. Weights are random unless ``--ckpt`` is given (speed does not
+depend on them); the model config is the bundle's ``train.json`` default (or the checkpoint's).
+
+    python tools/bench_speed.py --shapes 256x256x128,512x512x300 [--ckpt model.pt] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _network_and_calibration(ckpt: str | None):
+    from monai.bundle import ConfigParser
+
+    from monai_simsid.apps.checkpoint import load_model_checkpoint
+    from monai_simsid.networks.nets import SimSID
+
+    if ckpt:
+        data = load_model_checkpoint(ckpt, bundle_name="simsid_ct")
+        net = SimSID(**data["meta"]["model_config"])
+        net.load_state_dict(data["network"])
+        return net, data["calibration"], data["meta"]["model_config"]
+    parser = ConfigParser()
+    parser.read_config(str(REPO / "bundles" / "simsid_ct" / "configs" / "train.json"))
+    cfg = parser.get_parsed_content("model_config")
+    cal = {"scan_threshold": 1.0, "scan_std": 1.0, "voxel_threshold": 0.5, "voxel_scale": 0.1, "fpr": 0.05,
+           "voxel_fpr": 0.001, "source": "none (random weights)", "topk_fraction": 0.001}
+    return SimSID(**cfg), cal, cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shapes", default="256x256x128,512x512x300")
+    p.add_argument("--spacing", default="0.7,0.7,1.0", help="voxel size of the synthetic scans (mm)")
+    p.add_argument("--ckpt", default=None)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--sw_batch_size", type=int, default=4)
+    p.add_argument("--overlap", type=float, default=0.25)
+    args = p.parse_args(argv)
+
+    from monai_simsid.apps import build_preprocessing
+    from monai_simsid.apps.inference import AnomalyPredictor
+    from monai_simsid.data.synthetic import generate_chest_ct
+    from monai_simsid.inferers import AnomalyInferer
+
+    net, cal, cfg = _network_and_calibration(args.ckpt)
+    inferer = AnomalyInferer(cfg["roi_size"], cfg["region_grid"], sw_batch_size=args.sw_batch_size, overlap=args.overlap,
+                             sw_device=args.device, device="cpu")
+    spacing = [float(s) for s in args.spacing.split(",")]
+    predictor = AnomalyPredictor(net, inferer, build_preprocessing(), cal, "simsid_ct", "bench", device=args.device,
+                                 write_png=False)
+    results = {"device": args.device, "torch_threads": torch.get_num_threads(), "model_config": cfg, "shapes": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for shape_s in args.shapes.split(","):
+            shape = tuple(int(v) for v in shape_s.lower().split("x"))
+            # a synthetic chest phantom generated coarse and resized to the requested grid (generation is not timed)
+            case = generate_chest_ct(size=64, spacing=[s * n / 64 for s, n in zip(spacing, shape)], seed=0)
+            from scipy import ndimage
+
+            vol = ndimage.zoom(case.image, [n / 64 for n in shape], order=1).astype(np.int16)
+            path = Path(tmp) / f"scan_{shape_s}.nii.gz"
+            nib.save(nib.Nifti1Image(vol, np.diag([*spacing, 1.0])), str(path))
+            del vol
+            t0 = time.perf_counter()
+            nib.load(str(path)).get_fdata(dtype=np.float32)
+            load_s = time.perf_counter() - t0
+            pred, _ = predictor.predict({"image": str(path)}, return_image=True)
+            t1 = time.perf_counter()
+            predictor.write(pred, Path(tmp) / "out")
+            write_s = time.perf_counter() - t1
+            total = load_s + sum(pred.timings.values()) + write_s
+            results["shapes"][shape_s] = {
+                "load_s": round(load_s, 2),
+                "preprocess_s (includes a second load)": round(pred.timings["preprocess_s"], 2),
+                "model_s": round(pred.timings["model_s"], 2),
+                "postprocess_s": round(pred.timings["postprocess_s"], 2),
+                "write_s": round(write_s, 2),
+                "total_s": round(total, 2),
+                "voxels_per_s": round(float(np.prod(shape)) / total),
+                "peak_rss_mib": round(_peak_rss_mib()),
+            }
+            print(json.dumps({shape_s: results["shapes"][shape_s]}), file=sys.stderr, flush=True)
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
