@@ -93,7 +93,8 @@ class AnomalyPredictor:
         bundle_name, bundle_version: written to every report.
         preprocessing_settings: written to every report.
         device: where the model runs.
-        score_method: scan score method (see :func:`~monai_simsid.inferers.scoring.scan_score`).
+        score_method: scan score method (see :func:`~monai_simsid.inferers.scoring.scan_score`); None uses the one
+            the checkpoint was calibrated for (a different one would make the threshold meaningless: ValueError).
         sigma_mm, min_volume_mm3: post-processing (smoothing, minimum component volume).
         write_png, write_seg: optional outputs.
     """
@@ -108,7 +109,7 @@ class AnomalyPredictor:
         bundle_version: str,
         preprocessing_settings: Mapping[str, Any] | None = None,
         device: str | torch.device = "cpu",
-        score_method: str = "topk",
+        score_method: str | None = None,
         sigma_mm: float = 1.5,
         min_volume_mm3: float = 100.0,
         write_png: bool = True,
@@ -124,7 +125,13 @@ class AnomalyPredictor:
         self.bundle_version = bundle_version
         self.preprocessing_settings = dict(preprocessing_settings or {})
         self.device = torch.device(device)
-        self.score_method = score_method
+        calibrated_for = self.calibration.get("score_method", "topk")
+        if score_method is not None and score_method != calibrated_for:
+            raise ValueError(
+                f"the checkpoint was calibrated for score_method '{calibrated_for}', not '{score_method}'; "
+                "retrain (or re-calibrate) with that score_method."
+            )
+        self.score_method = calibrated_for
         self.sigma_mm = sigma_mm
         self.min_volume_mm3 = min_volume_mm3
         self.write_png = write_png
@@ -149,7 +156,9 @@ class AnomalyPredictor:
         raw_map = res.anomaly_map[0].cpu()
         body_ms = body[0].cpu()
         topk = self.calibration.get("topk_fraction", 0.001)
-        raw_score = scan_score(raw_map, res.score_map[0].cpu(), body_ms, self.score_method, topk)
+        raw_score = scan_score(
+            raw_map, res.score_map[0].cpu(), body_ms, self.score_method, topk, norm=self.calibration.get("score_norm")
+        )
         cal_map = calibrate_map(raw_map, self.calibration) * (body_ms > 0.5)
         out_map = invert_to_input(cal_map, data, self.preprocessing)[0].numpy()
         out_map = np.clip(np.nan_to_num(out_map, nan=0.0), 0.0, 1.0).astype(np.float32)

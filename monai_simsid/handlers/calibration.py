@@ -14,7 +14,7 @@ from ignite.engine import Engine, Events
 from monai_simsid.apps.calibration import compute_calibration
 from monai_simsid.apps.checkpoint import save_model_checkpoint
 from monai_simsid.inferers.anomaly import AnomalyInferer
-from monai_simsid.inferers.scoring import scan_score
+from monai_simsid.inferers.scoring import SCORE_METHODS, scan_score
 
 __all__ = ["CalibrationHandler", "collect_normal_statistics"]
 
@@ -79,7 +79,11 @@ class CalibrationHandler:
         source: str = "validation normals",
         topk_fraction: float = 0.001,
         extra_meta: Mapping[str, Any] | None = None,
+        score_method: str = "topk",
     ) -> None:
+        if score_method not in SCORE_METHODS:
+            raise ValueError(f"score_method must be one of {SCORE_METHODS}, got {score_method!r}.")
+        self.score_method = score_method
         if not items:
             raise ValueError("calibration needs at least one normal scan.")
         self.network = network
@@ -104,10 +108,23 @@ class CalibrationHandler:
         scans, windows, voxels = collect_normal_statistics(
             self.network, self.inferer, self.items, device, self.topk_fraction
         )
+        t, w = np.asarray(scans, dtype=float), np.asarray(windows, dtype=float)
+        norm = {
+            "topk_mean": float(t.mean()),
+            "topk_std": max(float(t.std()), 0.05 * abs(float(t.mean())), 1e-12),
+            "disc_mean": float(w.mean()),
+            "disc_std": max(float(w.std()), 0.05 * abs(float(w.mean())), 1e-12),
+        }
+        if self.score_method == "topk":
+            chosen = list(t)
+        elif self.score_method == "discriminator":
+            chosen = list(w)
+        else:
+            chosen = list((t - norm["topk_mean"]) / norm["topk_std"] + (w - norm["disc_mean"]) / norm["disc_std"])
         self.calibration = compute_calibration(
-            scans, voxels, windows, fpr=self.fpr, voxel_fpr=self.voxel_fpr, source=self.source
+            chosen, voxels, windows, fpr=self.fpr, voxel_fpr=self.voxel_fpr, source=self.source
         )
-        self.calibration["topk_fraction"] = self.topk_fraction
+        self.calibration.update({"topk_fraction": self.topk_fraction, "score_method": self.score_method, "score_norm": norm})
         extra = dict(self.extra_meta or {})
         if engine is not None:
             extra.update({"epoch": int(engine.state.epoch), "iteration": int(engine.state.iteration)})

@@ -27,6 +27,7 @@ def scan_score(
     body: torch.Tensor | None = None,
     method: str = "topk",
     topk_fraction: float = 0.001,
+    norm: dict | None = None,
 ) -> float:
     """One anomaly score per scan.
 
@@ -35,8 +36,11 @@ def scan_score(
         score_map: stitched per-window scores (e.g. SimSID's discriminator score), same shape.
         body: body mask; scores are taken inside it.
         method: ``"topk"`` (mean of the top voxels of the map), ``"discriminator"`` (mean of the window scores over
-            the body) or ``"combined"`` (their sum; callers z-score each part first when mixing units).
+            the body; SimSID's discriminator score, or the window score of the other models) or ``"combined"``
+            (the sum of both after z-scoring each with ``norm``; a plain sum without it).
         topk_fraction: fraction of body voxels averaged by ``"topk"``.
+        norm: ``{"topk_mean", "topk_std", "disc_mean", "disc_std"}`` from normal scans (the calibration's
+            ``score_norm``), used by ``"combined"``.
     """
     if method not in SCORE_METHODS:
         raise ValueError(f"method must be one of {SCORE_METHODS}, got '{method}'.")
@@ -49,4 +53,8 @@ def scan_score(
     if body is not None and (body > 0.5).any():
         sm = sm[body.reshape(-1) > 0.5]
     disc = float(sm.mean())
-    return disc if method == "discriminator" else topk + disc
+    if method == "discriminator":
+        return disc
+    if norm is None:
+        return topk + disc
+    return (topk - norm["topk_mean"]) / norm["topk_std"] + (disc - norm["disc_mean"]) / norm["disc_std"]

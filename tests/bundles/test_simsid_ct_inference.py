@@ -9,6 +9,7 @@ import sys
 
 import nibabel as nib
 import numpy as np
+import torch
 import pytest
 import SimpleITK as sitk
 from monai.bundle import ConfigWorkflow
@@ -117,3 +118,11 @@ def test_batch_skips_a_bad_case_and_lists_it(trained, synthetic_dataset, tmp_pat
     assert "empty.nii.gz" in errors and "file is empty" in errors
     assert (tmp_path / "out" / "good" / "good_anomaly_map.nii.gz").is_file()
     assert not (tmp_path / "out" / "empty").exists()
+
+
+def test_score_method_must_match_the_calibration(trained, synthetic_dataset, tmp_path):
+    ckpt = torch.load(trained, weights_only=False)
+    assert ckpt["calibration"]["score_method"] == "topk" and "score_norm" in ckpt["calibration"]
+    with pytest.raises(Exception) as info:
+        _infer(trained, tmp_path, datalist=str(synthetic_dataset), score_method="discriminator")
+    assert "calibrated for score_method 'topk'" in str(info.value.__cause__ or info.value)
