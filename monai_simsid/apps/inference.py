@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import logging
@@ -16,7 +17,7 @@ import torch
 from monai.transforms import Compose
 
 from monai_simsid.apps.calibration import calibrate_map, calibrate_score
-from monai_simsid.apps.preprocessing import invert_to_input
+from monai_simsid.apps.preprocessing import resample_to_input
 from monai_simsid.data.datalist import case_name
 from monai_simsid.data.datasets import preprocess_all
 from monai_simsid.export import ScoresTable, build_report, save_nifti, save_overview_png, save_slicer_segmentation, write_report
@@ -95,7 +96,8 @@ class AnomalyPredictor:
 
     Per case, under ``output_dir/<case>/``: ``<case>_anomaly_map.nii.gz`` (float32, [0, 1], 0.5 = threshold, the
     input's exact shape and affine, 0 outside the body), ``<case>_anomaly_mask.nii.gz`` (uint8 components),
-    ``<case>_anomaly.seg.nrrd`` (3D Slicer segmentation), ``<case>_report.json`` and ``<case>_overview.png``; plus
+    ``<case>_anomaly.seg.nrrd`` (3D Slicer segmentation), ``<case>_report.json`` (deterministic: no time stamp),
+    ``<case>_timings.json`` (seconds per stage) and ``<case>_overview.png``; plus
     ``output_dir/scores.csv`` and, when a case fails, ``output_dir/errors.csv``. Every file is written atomically.
 
     Args:
@@ -173,12 +175,14 @@ class AnomalyPredictor:
             raw_map, res.score_map[0].cpu(), body_ms, self.score_method, topk, norm=self.calibration.get("score_norm")
         )
         cal_map = calibrate_map(raw_map, self.calibration) * (body_ms > 0.5)
-        out_map = invert_to_input(cal_map, data, self.preprocessing)[0].numpy()
-        out_map = np.clip(np.nan_to_num(out_map, nan=0.0), 0.0, 1.0).astype(np.float32)
         original = self._loader(item["image"])
         affine = np.asarray(original.affine, dtype=np.float64)
-        if out_map.shape != tuple(original.shape[1:]):
-            raise RuntimeError(f"internal error: map shape {out_map.shape} != input shape {tuple(original.shape[1:])}")
+        # back to the input grid through the world coordinates of both grids, slab by slab (exact geometry, low
+        # memory; equivalent to MONAI's Invertd over this chain, see tests/apps/test_preprocessing.py)
+        model_affine = np.asarray(torch.as_tensor(data["image"].affine), dtype=np.float64)
+        out_map = resample_to_input(cal_map, model_affine, affine, tuple(original.shape[1:]))
+        out_map = np.clip(np.nan_to_num(out_map, nan=0.0), 0.0, 1.0).astype(np.float32)
+        del data, res, x
         # the body mask is recomputed on the input grid, so "0 outside the body" holds voxel for voxel there
         body_in = input_body_mask(original[0].numpy(), affine, self.preprocessing_settings)
         out_map[~body_in] = 0.0
@@ -194,44 +198,67 @@ class AnomalyPredictor:
 
     # ----------------------------------------------------------------- writing
     def write(self, pred: CasePrediction, output_dir: str | os.PathLike, image_hu: np.ndarray | None = None) -> Path:
-        """Write one case's files under ``output_dir/<case>/`` (atomically)."""
+        """Write one case's files under ``output_dir/<case>/`` (each atomically).
+
+        The report holds no time stamp or timings, so the same checkpoint and input give byte-identical reports;
+        the per-stage seconds go to ``<case>_timings.json``. If any file fails to write (e.g. a full disk), the
+        files this call already wrote are removed (and the case folder, if this call created it and it is empty),
+        so a failed case leaves no output that looks finished.
+        """
         t0 = time.perf_counter()
         folder = Path(output_dir) / pred.case
+        created_folder = not folder.exists()
         folder.mkdir(parents=True, exist_ok=True)
         stem = folder / pred.case
-        save_nifti(pred.anomaly_map, pred.affine, f"{stem}_anomaly_map.nii.gz", dtype=np.float32)
-        save_nifti(pred.mask, pred.affine, f"{stem}_anomaly_mask.nii.gz", dtype=np.uint8)
-        if self.write_seg:
-            save_slicer_segmentation((pred.mask > 0).astype(np.uint8), pred.affine, f"{stem}_anomaly.seg.nrrd")
-        report = build_report(
-            case=pred.case,
-            score=pred.score,
-            label=pred.label,
-            threshold=0.5,
-            threshold_source=(
-                f"calibrated so that 0.5 = the {100 * (1 - self.calibration['fpr']):.0f}th percentile of normal scan "
-                f"scores ({self.calibration['source']}); raw threshold {self.calibration['scan_threshold']:.6g}"
-            ),
-            findings=pred.findings,
-            bundle_name=self.bundle_name,
-            bundle_version=self.bundle_version,
-            preprocessing=self.preprocessing_settings,
-            extra={
-                "raw_score": pred.raw_score,
-                "score_method": self.score_method,
-                "voxel_threshold": {
-                    "calibrated": 0.5,
-                    "raw": self.calibration["voxel_threshold"],
-                    "normal_voxel_fpr": self.calibration["voxel_fpr"],
+        written: list[Path] = []
+
+        def _out(path: str) -> str:
+            written.append(Path(path))
+            return path
+
+        try:
+            save_nifti(pred.anomaly_map, pred.affine, _out(f"{stem}_anomaly_map.nii.gz"), dtype=np.float32)
+            save_nifti(pred.mask, pred.affine, _out(f"{stem}_anomaly_mask.nii.gz"), dtype=np.uint8)
+            if self.write_seg:
+                save_slicer_segmentation((pred.mask > 0).astype(np.uint8), pred.affine, _out(f"{stem}_anomaly.seg.nrrd"))
+            report = build_report(
+                case=pred.case,
+                score=pred.score,
+                label=pred.label,
+                threshold=0.5,
+                threshold_source=(
+                    f"calibrated so that 0.5 = the {100 * (1 - self.calibration['fpr']):.0f}th percentile of normal scan "
+                    f"scores ({self.calibration['source']}); raw threshold {self.calibration['scan_threshold']:.6g}"
+                ),
+                findings=pred.findings,
+                bundle_name=self.bundle_name,
+                bundle_version=self.bundle_version,
+                preprocessing=self.preprocessing_settings,
+                extra={
+                    "raw_score": pred.raw_score,
+                    "score_method": self.score_method,
+                    "voxel_threshold": {
+                        "calibrated": 0.5,
+                        "raw": self.calibration["voxel_threshold"],
+                        "normal_voxel_fpr": self.calibration["voxel_fpr"],
+                    },
+                    "postprocessing": {"sigma_mm": self.sigma_mm, "min_volume_mm3": self.min_volume_mm3},
                 },
-                "postprocessing": {"sigma_mm": self.sigma_mm, "min_volume_mm3": self.min_volume_mm3},
-                "timings_s": pred.timings,
-            },
-        )
-        if self.write_png and image_hu is not None:
-            save_overview_png(image_hu, pred.anomaly_map, pred.affine, f"{stem}_overview.png", findings=pred.findings, case=pred.case, score=pred.score, label=pred.label)
-        report["timings_s"]["write_s"] = time.perf_counter() - t0
-        write_report(report, f"{stem}_report.json")
+                created=False,
+            )
+            if self.write_png and image_hu is not None:
+                save_overview_png(image_hu, pred.anomaly_map, pred.affine, _out(f"{stem}_overview.png"), findings=pred.findings, case=pred.case, score=pred.score, label=pred.label)
+            write_report(report, _out(f"{stem}_report.json"))
+            timings = {**pred.timings, "write_s": time.perf_counter() - t0}
+            write_report(timings, _out(f"{stem}_timings.json"))
+        except BaseException:
+            for path in written:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+            if created_folder:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+            raise
         return folder
 
     def run(self, entries: Sequence[Mapping[str, Any]], output_dir: str | os.PathLike, fail_on_error: bool | None = None) -> dict:

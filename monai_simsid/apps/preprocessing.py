@@ -5,14 +5,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import torch
 from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 from monai.transforms import Compose, Invertd
+from scipy import ndimage
 
 from monai_simsid.apps.config import shared_config_path
 
-__all__ = ["build_preprocessing", "invert_to_input", "load_preprocessing_config"]
+__all__ = ["build_preprocessing", "invert_to_input", "load_preprocessing_config", "resample_to_input"]
 
 
 def load_preprocessing_config(**overrides: Any) -> ConfigParser:
@@ -66,4 +68,45 @@ def invert_to_input(
     pred = MetaTensor(torch.as_tensor(pred).detach().cpu().float(), meta=dict(img.meta))
     inverter = Invertd(keys="pred", transform=preprocessing, orig_keys=image_key, nearest_interp=nearest, to_tensor=True)
     out = inverter({"pred": pred, image_key: img})["pred"]
+    return out
+
+
+def resample_to_input(
+    pred: torch.Tensor,
+    model_affine: np.ndarray,
+    input_affine: np.ndarray,
+    input_shape: tuple[int, ...],
+    order: int = 1,
+    max_chunk_voxels: int = 8_000_000,
+) -> np.ndarray:
+    """Sample a model-space map on the input's voxel grid, slab by slab (a low-memory :func:`invert_to_input`).
+
+    Both affines map voxel indices to the same (RAS) world, so input voxel ``i`` reads the map at
+    ``inv(model_affine) @ input_affine @ i``; points outside the map read 0. The result has exactly
+    ``input_shape`` and belongs to ``input_affine``. Memory stays at one slab of coordinates, whereas a full-grid
+    resampler holds coordinates for every input voxel at once (gigabytes for a 512 x 512 x 400 scan).
+
+    Args:
+        pred: channel-first map ``(1, *S)`` on the preprocessed grid.
+        model_affine: the preprocessed image's affine (after crop and pad).
+        input_affine: the input file's affine.
+        input_shape: the input's spatial shape.
+        order: spline order (1 = linear, 0 = nearest for masks).
+        max_chunk_voxels: voxels per slab.
+    """
+    src = torch.as_tensor(pred).detach().cpu().float().numpy()[0]
+    m = np.linalg.inv(np.asarray(model_affine, dtype=np.float64)) @ np.asarray(input_affine, dtype=np.float64)
+    out = np.zeros(input_shape, dtype=np.float32)
+    plane = int(np.prod(input_shape[:-1]))
+    step = max(1, max_chunk_voxels // max(plane, 1))
+    grids = np.meshgrid(*[np.arange(n, dtype=np.float64) for n in input_shape[:-1]], indexing="ij")
+    for z0 in range(0, input_shape[-1], step):
+        z = np.arange(z0, min(z0 + step, input_shape[-1]), dtype=np.float64)
+        idx = [np.broadcast_to(g[..., None], (*g.shape, z.size)) for g in grids] + [
+            np.broadcast_to(z, (*input_shape[:-1], z.size))
+        ]
+        pts = np.stack([i.reshape(-1) for i in idx])  # (3, N) input voxel indices
+        coords = m[:3, :3] @ pts + m[:3, 3:4]
+        vals = ndimage.map_coordinates(src, coords, order=order, mode="constant", cval=0.0, prefilter=False)
+        out[..., z0 : z0 + z.size] = vals.reshape(*input_shape[:-1], z.size)
     return out
