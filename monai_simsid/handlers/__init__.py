@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from .calibration import CalibrationHandler, collect_normal_statistics
 from .metrics import SampleAP, SampleAUROC, VoxelAP, VoxelAUROC
+from .pretext import DensityFitHandler, RegeneratePretextHandler
 from .resume import ResumeHandler
 
 __all__ = [
     "CalibrationHandler",
+    "DensityFitHandler",
+    "RegeneratePretextHandler",
     "ResumeHandler",
     "SampleAP",
     "SampleAUROC",

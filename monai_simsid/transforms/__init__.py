@@ -1,8 +1,16 @@
-"""Transforms: loading, body mask and regions, synthetic anomalies."""
+"""Transforms: loading, body mask and regions, synthetic anomalies, post-processing (array + dictionary forms)."""
 
 from __future__ import annotations
 
-from .body import BodyMask, BodyMaskd, body_bbox, compute_body_mask, region_index
-from .io import LoadCT, LoadCTd
+from .anomaly import *  # noqa: F401,F403
+from .anomaly import __all__ as _anomaly_all
+from .anomaly.batch import BatchAnomalyCorruption
+from .anomaly.pretext import CutPastePretextd
+from .body import *  # noqa: F401,F403
+from .body import __all__ as _body_all
+from .io import *  # noqa: F401,F403
+from .io import __all__ as _io_all
+from .post import *  # noqa: F401,F403
+from .post import __all__ as _post_all
 
-__all__ = ["BodyMask", "BodyMaskd", "LoadCT", "LoadCTd", "body_bbox", "compute_body_mask", "region_index"]
+__all__ = [*_anomaly_all, *_body_all, *_io_all, *_post_all, "BatchAnomalyCorruption", "CutPastePretextd"]
