@@ -23,7 +23,7 @@ For each bundle ``b`` (in order; a failing bundle gets a row with its error and 
        python -m monai.bundle run --config_file "['bundles/b/configs/inference.json','bundles/b/configs/evaluate.json']" \\
            --ckpt_path OUT/b/train/models/model.pt --datalist DL --datalist_section test --output_dir OUT/b/eval
 
-   then reads ``OUT/b/eval/metrics.json`` and the per-case ``<case>/<case>_report.json`` timings.
+   then reads ``OUT/b/eval/metrics.json`` and the per-case ``<case>/<case>_timings.json`` timings.
 
 Outputs in ``OUT``: ``results.json`` (everything, including the commands, logs' paths and the per-case scores),
 ``results.md`` (one row per model: every metric of ``metrics.json``, training seconds, inference seconds per scan,
@@ -35,7 +35,7 @@ Measurements
 ------------
 - *training seconds*: wall clock of the training subprocess (includes start-up, validation and calibration).
 - *inference s/scan*: mean over the evaluated cases of ``preprocess_s + model_s + postprocess_s`` from the case
-  reports' ``timings_s`` (writing the outputs excluded; it is listed separately in ``results.json``, as is the
+  ``<case>_timings.json`` files (writing the outputs excluded; it is listed separately in ``results.json``, as is the
   evaluation subprocess's wall clock per case).
 - *peak memory*: peak resident set size (RSS) of each subprocess in MiB. Measured with ``/usr/bin/time -v``
   ("Maximum resident set size") when that program exists; otherwise with
@@ -393,13 +393,13 @@ def format_markdown(results: Sequence[Mapping[str, Any]], title: str | None = No
 
 # ---------------------------------------------------------------------------------------------------- driver
 def _read_timings(eval_dir: Path, cases: Sequence[Mapping[str, Any]]) -> dict:
-    """Per-case inference seconds (preprocess + model + postprocess) and write seconds from the case reports."""
+    """Per-case inference seconds (preprocess + model + postprocess) and write seconds from ``<case>_timings.json``."""
     infer, write, per_case = [], [], {}
     for c in cases:
-        rep = eval_dir / c["case"] / f"{c['case']}_report.json"
+        rep = eval_dir / c["case"] / f"{c['case']}_timings.json"
         if not rep.is_file():
             continue
-        t = json.loads(rep.read_text()).get("timings_s") or {}
+        t = json.loads(rep.read_text()) or {}
         pred_s = sum(float(t.get(k, 0.0)) for k in ("preprocess_s", "model_s", "postprocess_s"))
         infer.append(pred_s)
         if "write_s" in t:
@@ -524,7 +524,7 @@ def compare(datalist: str | Path, bundles: Sequence[str], output_dir: str | Path
         "reuse": reuse,
         "extra_overrides": list(extra_overrides),
         "memory_method": memory_method,
-        "inference_timing": "mean over cases of preprocess_s + model_s + postprocess_s from <case>_report.json",
+        "inference_timing": "mean over cases of preprocess_s + model_s + postprocess_s from <case>_timings.json",
         "total_seconds": time.perf_counter() - t0,
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
         "results": results,

@@ -81,6 +81,7 @@ def build_report(
     bundle_version: str,
     preprocessing: Mapping,
     extra: Mapping | None = None,
+    created: bool = True,
 ) -> dict:
     """The per-case report, a JSON-serialisable dict.
 
@@ -93,7 +94,9 @@ def build_report(
         findings: list of findings from :func:`monai_simsid.transforms.post.extract_findings`.
         bundle_name, bundle_version: the model bundle that produced the result.
         preprocessing: preprocessing parameters (spacing, window, ...).
-        extra: optional additional fields (output file names, timings...); they may not override the standard ones.
+        extra: optional additional fields (output file names...); they may not override the standard ones.
+        created: add a ``"created"`` UTC time stamp. Pass False for a deterministic report (same inputs, same
+            bytes), as :class:`~monai_simsid.apps.inference.AnomalyPredictor` does.
     """
     if not isinstance(case, str) or not case:
         raise ValueError(f"case must be a non-empty string, got {case!r}")
@@ -119,8 +122,9 @@ def build_report(
         ),
         "bundle": {"name": str(bundle_name), "version": str(bundle_version)},
         "preprocessing": to_jsonable(dict(preprocessing)),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    if created:
+        report["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     if extra:
         clash = set(map(str, extra)) & set(report)
         if clash:

@@ -69,7 +69,7 @@ class FakeRunner:
         for i, c in enumerate(CASES):
             (out / c["case"]).mkdir(exist_ok=True)
             t = {"preprocess_s": 0.5, "model_s": 1.0 + i, "postprocess_s": 0.5, "write_s": 3.0}
-            (out / c["case"] / f"{c['case']}_report.json").write_text(json.dumps({"timings_s": t}))
+            (out / c["case"] / f"{c['case']}_timings.json").write_text(json.dumps(t))
         return cb.RunResult(0, 9.0, 700.0, "")
 
 

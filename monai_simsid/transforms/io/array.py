@@ -13,7 +13,7 @@ from monai.transforms import LoadImage, Transform
 from monai_simsid.data.datalist import is_dicom_folder
 from monai_simsid.utils.errors import InputError
 
-__all__ = ["LoadCT", "check_ct_intensities", "validate_ct"]
+__all__ = ["LoadCT", "check_ct_intensities", "check_dicom_series", "validate_ct"]
 
 
 def check_ct_intensities(img: np.ndarray | torch.Tensor, path: str | os.PathLike | None = None) -> None:
@@ -48,6 +48,46 @@ def validate_ct(img: MetaTensor | torch.Tensor, path: str | os.PathLike | None, 
         check_ct_intensities(img, path)
 
 
+def check_dicom_series(folder: str | os.PathLike) -> None:
+    """Raise if a DICOM folder holds more than one series, or its slices are not evenly spaced (a missing slice).
+
+    ITK would otherwise silently read the first series only, or stack slices across a gap as if they were evenly
+    spaced (a wrong geometry). Only the file headers are read.
+    """
+    import SimpleITK as sitk
+
+    p = Path(folder)
+    ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(p))
+    if len(ids) > 1:
+        raise InputError(p, f"folder holds {len(ids)} DICOM series mixed together; put one series per folder")
+    if not ids:
+        return
+    names = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(p), ids[0])
+    if len(names) < 3:
+        return
+    positions, normal = [], None
+    reader = sitk.ImageFileReader()
+    for name in names:
+        reader.SetFileName(name)
+        try:
+            reader.ReadImageInformation()
+            pos = [float(v) for v in reader.GetMetaData("0020|0032").split("\\")]
+            if normal is None:
+                ori = [float(v) for v in reader.GetMetaData("0020|0037").split("\\")]
+                normal = np.cross(ori[:3], ori[3:6])
+        except (RuntimeError, ValueError):
+            return  # no usable geometry tags: leave it to the reader
+        positions.append(float(np.dot(pos, normal)))
+    gaps = np.diff(np.sort(positions))
+    step = float(np.median(gaps))
+    if step <= 0 or np.abs(gaps - step).max() > 0.05 * step + 1e-3:
+        raise InputError(
+            p,
+            f"DICOM series has a missing or duplicate slice (slice gaps from {gaps.min():.3g} to {gaps.max():.3g} mm "
+            f"over {len(names)} slices, expected a constant {step:.3g} mm)",
+        )
+
+
 class LoadCT(Transform):
     """Load a CT volume (NIfTI, NRRD, MHA/MHD, or a DICOM series folder) as a channel-first MetaTensor.
 
@@ -80,6 +120,7 @@ class LoadCT(Transform):
         if p.is_dir():
             if not is_dicom_folder(p):
                 raise InputError(p, "folder is not a DICOM series (no DICOM files inside)")
+            check_dicom_series(p)
         elif p.stat().st_size == 0:
             raise InputError(p, "file is empty")
         loader = self._nib if p.name.lower().endswith((".nii", ".nii.gz")) else self._itk_loader()
