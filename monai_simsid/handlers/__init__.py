@@ -5,11 +5,12 @@ from __future__ import annotations
 from .calibration import CalibrationHandler, collect_normal_statistics
 from .metrics import SampleAP, SampleAUROC, VoxelAP, VoxelAUROC
 from .pretext import DensityFitHandler, RegeneratePretextHandler
-from .resume import ResumeHandler
+from .resume import EpochSeedHandler, ResumeHandler
 
 __all__ = [
     "CalibrationHandler",
     "DensityFitHandler",
+    "EpochSeedHandler",
     "RegeneratePretextHandler",
     "ResumeHandler",
     "SampleAP",

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
-from ignite.engine import Engine
+from ignite.engine import Engine, Events
 from monai.handlers import CheckpointLoader
+from monai.utils import set_determinism
 
 from monai_simsid.apps.checkpoint import latest_checkpoint
 
-__all__ = ["ResumeHandler"]
+__all__ = ["EpochSeedHandler", "ResumeHandler"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,3 +40,25 @@ class ResumeHandler:
             return
         self.loaded_path = path
         CheckpointLoader(load_path=path, load_dict=self.load_dict, map_location=self.map_location).attach(engine)
+
+
+class EpochSeedHandler:
+    """Seed every epoch from ``(seed, epoch)``, so a resumed run draws the same samples as an uninterrupted one.
+
+    At each ``EPOCH_STARTED`` it calls MONAI's ``set_determinism(seed + epoch)`` (torch, numpy and Python RNGs: the
+    DataLoader shuffle) and ``set_random_state(seed + epoch)`` on the given randomizable transforms (e.g. the window
+    sampler). Without it, a run resumed at epoch k would replay the random draws of epoch 1.
+    """
+
+    def __init__(self, seed: int, randomizables: Sequence = ()) -> None:
+        self.seed = int(seed)
+        self.randomizables = list(randomizables)
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        s = self.seed + int(engine.state.epoch)
+        set_determinism(seed=s)
+        for t in self.randomizables:
+            t.set_random_state(s)
