@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from .calibration import CalibrationHandler, collect_normal_statistics
+from .checkpoint import AtomicCheckpointSaver
 from .metrics import SampleAP, SampleAUROC, VoxelAP, VoxelAUROC
 from .pretext import DensityFitHandler, RegeneratePretextHandler
 from .resume import EpochSeedHandler, ResumeHandler
 
 __all__ = [
+    "AtomicCheckpointSaver",
     "CalibrationHandler",
     "DensityFitHandler",
     "EpochSeedHandler",
