@@ -38,20 +38,20 @@ def test_kill_9_mid_training_then_resume(synthetic_dataset, tmp_path):
     import sys
     import time
 
-    straight = _train(synthetic_dataset, tmp_path / "straight", max_epochs=3)
+    straight = _train(synthetic_dataset, tmp_path / "straight", max_epochs=4)
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", bundle_config("simsid_ct", "train.json"),
-           "--datalist", str(synthetic_dataset), "--output_dir", str(out), "--max_epochs", "3"]
+           "--datalist", str(synthetic_dataset), "--output_dir", str(out), "--max_epochs", "4"]
     for k, v in SMALL.items():
         cmd += [f"--{k}", str(v)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
-    while not list((out / "models").glob("checkpoint_*epoch=1.pt")) and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.2)
+    while not list((out / "models").glob("checkpoint_epoch=*.pt")) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (out / "models" / "model.pt").exists(), "the run finished before it could be killed"
-    resumed = _train(synthetic_dataset, out, max_epochs=3, resume=True)
+    resumed = _train(synthetic_dataset, out, max_epochs=4, resume=True)
     worst = max(float((straight[k].float() - resumed[k].float()).abs().max()) for k in straight if straight[k].is_floating_point())
     assert worst <= 1e-4, f"largest weight difference {worst:.3g}"
 
