@@ -44,7 +44,9 @@ def test_kill_9_mid_training_then_resume(synthetic_dataset, tmp_path):
            "--datalist", str(synthetic_dataset), "--output_dir", str(out), "--max_epochs", "4"]
     for k, v in SMALL.items():
         cmd += [f"--{k}", str(v)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # the killed process must compute like this one: same intra-op thread count (other tests change it)
+    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline = time.time() + 240
     while not list((out / "models").glob("checkpoint_epoch=*.pt")) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
