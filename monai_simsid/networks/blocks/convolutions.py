@@ -20,6 +20,16 @@ __all__ = ["ConvEncoder", "ConvDecoder", "DEFAULT_ACT"]
 DEFAULT_ACT: tuple = ("leakyrelu", {"negative_slope": 0.2})
 
 
+def check_network_args(spatial_dims: int, in_channels: int, channels: Sequence[int]) -> None:
+    """The argument checks every network here shares (ValueError on bad values)."""
+    if spatial_dims not in (1, 2, 3):
+        raise ValueError(f"spatial_dims must be 1, 2 or 3, got {spatial_dims}.")
+    if in_channels < 1:
+        raise ValueError(f"in_channels must be positive, got {in_channels}.")
+    if len(channels) == 0 or any(int(c) < 1 for c in channels):
+        raise ValueError(f"channels must be a non-empty sequence of positive ints, got {channels}.")
+
+
 def _check_common(spatial_dims: int, channels: Sequence[int], strides: int | Sequence[int]) -> tuple[int, ...]:
     if spatial_dims not in (1, 2, 3):
         raise ValueError(f"spatial_dims must be 1, 2 or 3, got {spatial_dims}.")

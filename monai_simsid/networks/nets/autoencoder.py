@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 from monai.networks.layers.factories import Conv
 
-from monai_simsid.networks.blocks.convolutions import ConvDecoder, ConvEncoder
+from monai_simsid.networks.blocks.convolutions import ConvDecoder, ConvEncoder, check_network_args
 
 __all__ = ["ConvAutoEncoder", "AutoEncoderOutput", "AutoEncoderTrainOutput"]
 
@@ -84,12 +84,7 @@ class ConvAutoEncoder(nn.Module):
         out_act: str | tuple | None = None,
     ) -> None:
         super().__init__()
-        if spatial_dims not in (1, 2, 3):
-            raise ValueError(f"spatial_dims must be 1, 2 or 3, got {spatial_dims}.")
-        if in_channels < 1:
-            raise ValueError(f"in_channels must be positive, got {in_channels}.")
-        if len(channels) == 0 or any(int(c) < 1 for c in channels):
-            raise ValueError(f"channels must be a non-empty sequence of positive ints, got {channels}.")
+        check_network_args(spatial_dims, in_channels, channels)
         if latent_channels is not None and int(latent_channels) < 1:
             raise ValueError(f"latent_channels must be positive or None, got {latent_channels}.")
         self.spatial_dims = spatial_dims

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 from monai.networks.layers.factories import Pool
 
-from monai_simsid.networks.blocks.convolutions import ConvEncoder
+from monai_simsid.networks.blocks.convolutions import ConvEncoder, check_network_args
 from monai_simsid.networks.blocks.density import GaussianDensity
 from monai_simsid.networks.nets.autoencoder import _check_window
 
@@ -72,12 +72,7 @@ class CutPasteNet(nn.Module):
         norm: str | tuple | None = "batch",
     ) -> None:
         super().__init__()
-        if spatial_dims not in (1, 2, 3):
-            raise ValueError(f"spatial_dims must be 1, 2 or 3, got {spatial_dims}.")
-        if in_channels < 1:
-            raise ValueError(f"in_channels must be positive, got {in_channels}.")
-        if len(channels) == 0 or any(int(c) < 1 for c in channels):
-            raise ValueError(f"channels must be a non-empty sequence of positive ints, got {channels}.")
+        check_network_args(spatial_dims, in_channels, channels)
         if embed_dim < 1:
             raise ValueError(f"embed_dim must be positive, got {embed_dim}.")
         if num_classes < 2:

@@ -16,7 +16,7 @@ import torch.nn as nn
 from monai.networks.layers.factories import Conv
 from monai.networks.layers.utils import get_act_layer, get_norm_layer
 
-from monai_simsid.networks.blocks.convolutions import DEFAULT_ACT, ConvDecoder, ConvEncoder
+from monai_simsid.networks.blocks.convolutions import ConvDecoder, ConvEncoder, DEFAULT_ACT, check_network_args
 from monai_simsid.networks.nets.autoencoder import _check_window
 from monai_simsid.networks.nets.discriminator import SimSIDDiscriminator
 
@@ -117,12 +117,7 @@ class GANomaly(nn.Module):
         out_act: str | tuple | None = None,
     ) -> None:
         super().__init__()
-        if spatial_dims not in (1, 2, 3):
-            raise ValueError(f"spatial_dims must be 1, 2 or 3, got {spatial_dims}.")
-        if in_channels < 1:
-            raise ValueError(f"in_channels must be positive, got {in_channels}.")
-        if len(channels) == 0 or any(int(c) < 1 for c in channels):
-            raise ValueError(f"channels must be a non-empty sequence of positive ints, got {channels}.")
+        check_network_args(spatial_dims, in_channels, channels)
         if latent_dim < 1:
             raise ValueError(f"latent_dim must be positive, got {latent_dim}.")
         if map_latent_weight < 0:
