@@ -90,6 +90,14 @@ class AnomalyTrainer(Trainer):
     def _windows(self, engine: Trainer, batchdata: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
         return batch_windows(batchdata, self.image_key, self.region_key, engine.state.device, self.non_blocking)
 
+    @staticmethod
+    def _report(terms: dict[str, torch.Tensor], total: torch.Tensor, **extra: torch.Tensor) -> dict[str, float]:
+        """The iteration output: every loss term (but ``"total"``) and ``"loss"`` as floats, plus ``extra``."""
+        result = {k: float(v.detach()) for k, v in terms.items() if k != "total"}
+        result.update({k: float(v.detach()) for k, v in extra.items()})
+        result["loss"] = float(total.detach())
+        return result
+
     def _autocast(self):
         if self._autocast_device is None:
             return torch.autocast("cpu", enabled=False)

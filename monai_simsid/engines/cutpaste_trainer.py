@@ -111,9 +111,7 @@ class CutPasteTrainer(AnomalyTrainer):
             terms = self.loss_function(out, labels)
         total = terms["total"]
         self._step(total, self.optimizer)
-        result = {k: float(v.detach()) for k, v in terms.items() if k != "total"}
-        result["loss"] = float(total.detach())
-        return result
+        return self._report(terms, total)
 
 
 @torch.no_grad()

@@ -65,6 +65,4 @@ class ReconstructionTrainer(AnomalyTrainer):
             terms = self.loss_function(x, out)
         total = terms["total"]
         self._step(total, self.optimizer)
-        result = {k: float(v.detach()) for k, v in terms.items() if k != "total"}
-        result["loss"] = float(total.detach())
-        return result
+        return self._report(terms, total)
