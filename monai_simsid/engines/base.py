@@ -2,15 +2,60 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
+import ignite.distributed as idist
 import torch
 from monai.engines import Trainer
 from monai.engines.utils import default_metric_cmp_fn
 from torch.optim import Optimizer
 
-__all__ = ["AnomalyTrainer", "batch_windows"]
+__all__ = ["AnomalyTrainer", "average_gradients", "batch_windows", "frozen"]
+
+
+@contextmanager
+def frozen(module: torch.nn.Module | None) -> Iterator[None]:
+    """Switch off ``requires_grad`` of ``module``'s parameters inside the block (the classic GAN generator step).
+
+    Gradients still flow through the module to its input, but no gradient is computed for its own parameters. In
+    a ``DistributedDataParallel`` generator step this also keeps the discriminator's parameters out of the
+    generator's backward pass (DDP would otherwise see them both "unused" and "ready").
+    """
+    params = [] if module is None else [p for p in module.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+def average_gradients(params: Iterable[torch.nn.Parameter]) -> None:
+    """Average the gradients of ``params`` over all processes (no-op in a single process).
+
+    For modules whose forward pass does not go through the ``DistributedDataParallel`` wrapper (the discriminator
+    step of the GAN trainers calls the discriminator directly). Uses Ignite's ``idist`` (one all-reduce of the
+    flattened gradients). A parameter without a gradient on this process takes part with zeros.
+    """
+    world = idist.get_world_size()
+    if world < 2:
+        return
+    params = [p for p in params if p.requires_grad]
+    if not params:
+        return
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    flat = torch.cat([p.grad.reshape(-1) for p in params])
+    flat = idist.all_reduce(flat) / world
+    offset = 0
+    for p in params:
+        n = p.grad.numel()
+        p.grad.copy_(flat[offset : offset + n].view_as(p.grad))
+        offset += n
 
 
 def batch_windows(
@@ -103,12 +148,19 @@ class AnomalyTrainer(Trainer):
             return torch.autocast("cpu", enabled=False)
         return torch.autocast(self._autocast_device)
 
-    def _step(self, loss: torch.Tensor, optimizer: Optimizer) -> None:
+    def _step(self, loss: torch.Tensor, optimizer: Optimizer, sync: bool = False) -> None:
+        """Backward + step of ``optimizer``; ``sync``: average its gradients over processes first (for modules run
+        outside the DDP wrapper, see :func:`average_gradients`)."""
         optimizer.zero_grad(set_to_none=True)
+        params = [p for g in optimizer.param_groups for p in g["params"]]
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
+            if sync:
+                average_gradients(params)
             self.scaler.step(optimizer)
             self.scaler.update()
         else:
             loss.backward()
+            if sync:
+                average_gradients(params)
             optimizer.step()

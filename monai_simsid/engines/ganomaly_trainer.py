@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import ignite.distributed as idist
 import torch
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
-from monai_simsid.engines.base import AnomalyTrainer
+from monai_simsid.engines.base import AnomalyTrainer, frozen
 from monai_simsid.losses.baselines import GANomalyLoss
 
 __all__ = ["GANomalyTrainer", "reinitialize_module"]
@@ -108,7 +109,8 @@ class GANomalyTrainer(AnomalyTrainer):
             out = net(x, region)
             with torch.no_grad():
                 _, f_real = core.discriminate(x)
-            _, f_fake = core.discriminate(out.reconstruction)
+            with frozen(core.discriminator):  # gradients reach the generator only
+                _, f_fake = core.discriminate(out.reconstruction)
             terms = self.loss_function(x, out, f_real, f_fake)
         g_total = terms["total"]
         self._step(g_total, self.g_optimizer)
@@ -118,13 +120,20 @@ class GANomalyTrainer(AnomalyTrainer):
             real_logits, _ = core.discriminate(x)
             fake_logits, _ = core.discriminate(out.reconstruction.detach())
             d_loss = self.loss_function.discriminator_loss(real_logits, fake_logits)
-        self._step(d_loss, self.d_optimizer)
+        # the discriminator runs outside the DDP wrapper: its gradients are averaged over processes here
+        self._step(d_loss, self.d_optimizer, sync=True)
 
         # 3. paper trick: a discriminator that has won is re-initialised
         d_value = float(d_loss.detach())
+        world = idist.get_world_size()
+        if world > 1:  # every process takes the same decision, on the mean loss
+            d_value = float(idist.all_reduce(d_loss.detach().float().clone())) / world
         reinit = self.reinit_d_below is not None and d_value < self.reinit_d_below
         if reinit:
             reinitialize_module(core.discriminator)
+            if world > 1:  # one set of fresh weights for all processes
+                for t in core.discriminator.state_dict().values():
+                    t.copy_(idist.broadcast(t, src=0))
             self.num_d_reinits += 1
             logger.info("discriminator loss %.3g < %.3g: re-initialised D", d_value, self.reinit_d_below)
 

@@ -9,7 +9,7 @@ import torch
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
-from monai_simsid.engines.base import AnomalyTrainer
+from monai_simsid.engines.base import AnomalyTrainer, frozen
 from monai_simsid.losses.simsid import AdversarialLoss, AnomalyHeadLoss, SimSIDLoss, masked_restoration_loss
 from monai_simsid.transforms.anomaly.batch import BatchAnomalyCorruption
 
@@ -114,11 +114,7 @@ class SimSIDTrainer(AnomalyTrainer):
         return self.restore_weight > 0 or self.head_weight > 0
 
     def _iteration(self, engine: SimSIDTrainer, batchdata: dict[str, Any]) -> dict[str, float]:  # type: ignore[override]
-        if batchdata is None:
-            raise ValueError("must provide batch data for current iteration.")
-        x = batchdata[self.image_key].to(engine.state.device, non_blocking=self.non_blocking).float()
-        region = batchdata.get(self.region_key)
-        region = None if region is None else torch.as_tensor(region).to(engine.state.device).long().reshape(-1)
+        x, region = self._windows(engine, batchdata)
         net = self.network
         core = getattr(net, "module", net)  # DistributedDataParallel wraps the model
         net.train()
@@ -147,7 +143,8 @@ class SimSIDTrainer(AnomalyTrainer):
                 extra = {"restore": restore, "head": head}
             g_adv = torch.zeros((), device=x.device)
             if has_disc and engine.state.iteration % self.adv_every == 0:
-                g_adv = self.adversarial_loss.generator_loss(core.discriminate(out.student_recon))
+                with frozen(core.discriminator):  # gradients reach the generator only
+                    g_adv = self.adversarial_loss.generator_loss(core.discriminate(out.student_recon))
                 g_total = g_total + g_adv
         self._step(g_total, self.g_optimizer)
         if mask is not None and getattr(core, "anomaly_head", None) is not None:
@@ -161,7 +158,8 @@ class SimSIDTrainer(AnomalyTrainer):
                 d_loss = self.adversarial_loss.discriminator_loss(
                     core.discriminate(x), core.discriminate(out.student_recon.detach())
                 )
-            self._step(d_loss, self.d_optimizer)  # type: ignore[arg-type]
+            # the discriminator runs outside the DDP wrapper: its gradients are averaged over processes here
+            self._step(d_loss, self.d_optimizer, sync=True)  # type: ignore[arg-type]
 
         result = {k: float(v.detach()) for k, v in {**terms, **extra}.items() if k != "total"}
         result.update({"loss": float(g_total.detach()), "g_adv": float(g_adv.detach()), "d_loss": float(d_loss.detach())})

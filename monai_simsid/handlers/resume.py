@@ -46,8 +46,10 @@ class EpochSeedHandler:
     """Seed every epoch from ``(seed, epoch)``, so a resumed run draws the same samples as an uninterrupted one.
 
     At each ``EPOCH_STARTED`` it calls MONAI's ``set_determinism(seed + epoch)`` (torch, numpy and Python RNGs: the
-    DataLoader shuffle) and ``set_random_state(seed + epoch)`` on the given randomizable transforms (e.g. the window
-    sampler). Without it, a run resumed at epoch k would replay the random draws of epoch 1.
+    DataLoader shuffle), then, for each of ``randomizables``, ``set_epoch(epoch)`` where it has one (a
+    :class:`~monai_simsid.data.seeded.SeededDataset`, which seeds every item from ``(seed, epoch, index)``) or else
+    ``set_random_state(seed + epoch)`` (a randomizable transform). Without it, a run resumed at epoch k would replay
+    the random draws of epoch 1.
     """
 
     def __init__(self, seed: int, randomizables: Sequence = ()) -> None:
@@ -61,4 +63,7 @@ class EpochSeedHandler:
         s = self.seed + int(engine.state.epoch)
         set_determinism(seed=s)
         for t in self.randomizables:
-            t.set_random_state(s)
+            if hasattr(t, "set_epoch"):
+                t.set_epoch(int(engine.state.epoch))
+            else:
+                t.set_random_state(s)

@@ -94,6 +94,7 @@ class SimSID(nn.Module):
         with_discriminator: build ``self.discriminator``.
         map_feature_weight: weight of the up-sampled in-painting feature error added to the anomaly map.
         disc_channels: discriminator channels.
+        disc_norm: norm of the discriminator's inner convs.
         norm: norm of encoder/decoders.
         out_act: optional activation on the reconstructions (e.g. ``"sigmoid"`` for [0, 1] images).
         overlapping_up: k4-s2 transposed convs in the decoders (paper-like); False gives k2-s2 (CPU preset).
@@ -127,6 +128,7 @@ class SimSID(nn.Module):
         with_discriminator: bool = True,
         map_feature_weight: float = 0.0,
         disc_channels: Sequence[int] = (16, 32, 64, 128, 256),
+        disc_norm: str | tuple | None = "batch",
         norm: str | tuple | None = "batch",
         out_act: str | tuple | None = None,
         overlapping_up: bool = True,
@@ -177,7 +179,9 @@ class SimSID(nn.Module):
             MemoryBlock(spatial_dims, dec_channels[i], self.block_grid, self.num_regions, num_slots, top_k)
             for i in range(decoder_memory_levels)
         )
-        self.discriminator = SimSIDDiscriminator(spatial_dims, in_channels, disc_channels) if with_discriminator else None
+        self.discriminator = (
+            SimSIDDiscriminator(spatial_dims, in_channels, disc_channels, norm=disc_norm) if with_discriminator else None
+        )
         self.anomaly_head: AnomalyHead | None = None
         if anomaly_head:
             self.anomaly_head = AnomalyHead(spatial_dims, in_channels, head_channels)
