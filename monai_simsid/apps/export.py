@@ -2,8 +2,11 @@
 
 The exported graph takes ``(image (B, 1, *roi), region (B,) int64)`` and returns ``(reconstruction or embedding,
 anomaly_map, score)`` in eval mode. The region input matters: SimSID reads the memory of each window's body region,
-so a single-input export (what ``python -m monai.bundle ckpt_export --use_trace`` produces) would silently use
-region 0 everywhere; hence this helper traces with both inputs.
+so a plain single-input export would silently use region 0 everywhere; hence this helper traces with both inputs.
+
+MONAI's ``python -m monai.bundle ckpt_export`` traces a network with ONE input tensor. For it, every bundle's
+``inference.json`` defines ``export_network_def``, a :class:`RegionPackedNetwork`: the same weights, one input
+``(B, C + 1, *roi)`` whose last channel holds the window's region index (constant over the window).
 """
 
 from __future__ import annotations
@@ -18,7 +21,44 @@ import torch
 
 from monai_simsid.utils.atomic import atomic_path
 
-__all__ = ["export_onnx", "export_torchscript", "load_bundle_network", "max_export_error"]
+__all__ = [
+    "RegionPackedNetwork",
+    "export_onnx",
+    "export_torchscript",
+    "load_bundle_network",
+    "max_export_error",
+    "pack_region",
+]
+
+
+def pack_region(image: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
+    """``(B, C, *S)`` windows and ``(B,)`` region indices -> ``(B, C + 1, *S)``, the region as a constant channel."""
+    reg = region.to(image.dtype).reshape(-1, *([1] * (image.dim() - 1))).expand(-1, 1, *image.shape[2:])
+    return torch.cat([image, reg], dim=1)
+
+
+class RegionPackedNetwork(torch.nn.Module):
+    """Single-input view of a network taking ``(image, region)``, for ``monai.bundle ckpt_export``.
+
+    ``forward(packed)`` with ``packed = pack_region(image, region)`` returns ``tuple(net(image, region))`` in eval
+    mode: ``(reconstruction or embedding, anomaly_map, score)``. ``state_dict``/``load_state_dict`` are the wrapped
+    network's own (no ``net.`` prefix), so ``ckpt_export --key_in_ckpt network`` loads a ``model.pt`` into it.
+    """
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def state_dict(self, *args: Any, **kwargs: Any):  # type: ignore[override]
+        return self.net.state_dict(*args, **kwargs)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):  # type: ignore[override]
+        return self.net.load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def forward(self, packed: torch.Tensor):  # noqa: D102
+        image = packed[:, :-1]
+        region = packed[:, -1].reshape(packed.shape[0], -1)[:, 0].round().long()
+        return tuple(self.net(image, region))
 
 
 def load_bundle_network(bundle_name: str, ckpt_path: str | os.PathLike) -> tuple[torch.nn.Module, list[int]]:

@@ -37,3 +37,28 @@ def test_torchscript_and_onnx_match_eager(ckpt, tmp_path):
         a, b = mod(x, torch.tensor([0]))[1], mod(x, torch.tensor([13]))[1]
     assert not torch.allclose(a, b)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # atomic writes left no temp file
+
+
+def test_monai_ckpt_export_of_the_region_packed_network(ckpt, tmp_path):
+    """``python -m monai.bundle ckpt_export export_network_def ...`` (here called in-process): one packed input."""
+    from monai.bundle import ckpt_export
+
+    from monai_simsid.apps.export import pack_region
+
+    ts_path = tmp_path / "model.ts"
+    ckpt_export(
+        net_id="export_network_def", filepath=str(ts_path), ckpt_file=str(ckpt), ckpt_path=str(ckpt),
+        config_file=bundle_config("simsid_ct", "inference.json"), meta_file=bundle_config("simsid_ct", "metadata.json"),
+        key_in_ckpt="network", use_trace=True, input_shape=[1, 2, 32, 32, 32],
+    )  # fmt: skip
+    net, roi = load_bundle_network("simsid_ct", ckpt)
+    mod = torch.jit.load(str(ts_path))
+    x, region = torch.rand(2, 1, *roi) * 2 - 1, torch.tensor([1, 20])
+    with torch.no_grad():
+        ref = net(x, region)
+        out = mod(pack_region(x, region))
+    assert float((out[1] - ref.anomaly_map).abs().max()) < 1e-4
+    assert float((out[2] - ref.score).abs().max()) < 1e-4
+    with torch.no_grad():  # the region channel is read, not baked in
+        other = mod(pack_region(x, torch.tensor([0, 0])))[1]
+    assert not torch.allclose(other, out[1])
