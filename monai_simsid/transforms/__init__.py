@@ -1,4 +1,4 @@
-"""Transforms: loading, body mask and regions, synthetic anomalies, post-processing (array + dictionary forms)."""
+"""Transforms: loading, body mask and regions, HU windows, synthetic anomalies, post-processing (array + dictionary forms)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ from .anomaly.batch import BatchAnomalyCorruption
 from .anomaly.pretext import CutPastePretextd
 from .body import *  # noqa: F401,F403
 from .body import __all__ as _body_all
+from .intensity import *  # noqa: F401,F403
+from .intensity import __all__ as _intensity_all
 from .io import *  # noqa: F401,F403
 from .io import __all__ as _io_all
 from .post import *  # noqa: F401,F403
 from .post import __all__ as _post_all
 
-__all__ = [*_anomaly_all, *_body_all, *_io_all, *_post_all, "BatchAnomalyCorruption", "CutPastePretextd"]
+__all__ = [*_anomaly_all, *_body_all, *_intensity_all, *_io_all, *_post_all, "BatchAnomalyCorruption", "CutPastePretextd"]

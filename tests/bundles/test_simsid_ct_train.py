@@ -39,3 +39,24 @@ def test_two_iterations_write_a_calibrated_checkpoint_then_resume(synthetic_data
     assert ran == [3, 4]
     assert trainer.state.epoch == 2
     wf2.finalize()
+
+
+def test_hu_windows_are_applied_identically_in_training_and_inference(synthetic_dataset, tmp_path):
+    from monai_simsid.apps.inference import load_predictor
+    from monai_simsid.data.datalist import load_datalist
+
+    windows = [[-1000, -400], [-160, 240], [-1000, 500]]
+    wf = _workflow(synthetic_dataset, tmp_path, max_epochs=1, epoch_length=1, val_interval=10, hu_windows=windows)
+    wf.run()
+    train_pre = wf.parser.get_parsed_content("preprocessing")
+    wf.finalize()
+    ckpt = tmp_path / "models" / "model.pt"
+    meta = torch.load(ckpt, weights_only=False)["meta"]
+    assert meta["preprocessing"]["hu_windows"] == windows and meta["model_config"]["in_channels"] == 3
+    predictor = load_predictor("simsid_ct", ckpt, device="cpu")
+    case = load_datalist(synthetic_dataset, "test")[0]
+    a = train_pre({"image": case["image"]})["image"]
+    b = predictor.preprocessing({"image": case["image"]})["image"]
+    assert a.shape[0] == 3
+    torch.testing.assert_close(torch.as_tensor(a), torch.as_tensor(b), rtol=0, atol=0)
+    assert predictor.predict({"image": case["image"]}).anomaly_map.ndim == 3
