@@ -177,6 +177,14 @@ METHODS: dict[str, Callable[[BenchmarkContext], MapFn]] = {
 }
 
 
+def _literal(text: str) -> Any:
+    """``"2"`` -> 2, ``"true"`` -> True, ``"[1, 2]"`` -> [1, 2]; anything else stays a string."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
 def _model_method(spec: str) -> Callable[[BenchmarkContext], MapFn]:
     """Factory of ``model:<bundle_name>:<ckpt_path>``: a trained bundle's calibrated map, in the benchmark's
     canonical (closest-RAS) voxel order. The model is whatever the checkpoint was trained on: leave-one-out does not
@@ -187,6 +195,7 @@ def _model_method(spec: str) -> Callable[[BenchmarkContext], MapFn]:
     bundle, ckpt = parts[1], parts[2]
     # optional model overrides, e.g. model:simsid_ct:ckpt.pt:map_mode=head
     model_overrides = dict(kv.split("=", 1) for kv in parts[3].split(",")) if len(parts) == 4 and parts[3] else {}
+    model_overrides = {k: _literal(v) for k, v in model_overrides.items()}
 
     def factory(ctx: BenchmarkContext) -> MapFn:
         from monai_simsid.apps.inference import predict_map

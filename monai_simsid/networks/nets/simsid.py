@@ -10,6 +10,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from monai.networks.layers.convutils import gaussian_1d
+from monai.networks.layers.simplelayers import separable_filtering
+
 from monai_simsid.networks.blocks.convolutions import ConvDecoder, ConvEncoder
 from monai_simsid.networks.blocks.inpainting import InpaintingBlock
 from monai_simsid.networks.blocks.memory import MemoryBlock
@@ -93,6 +96,10 @@ class SimSID(nn.Module):
         decoder_memory_levels: number of deepest student-decoder levels followed by a memory block.
         with_discriminator: build ``self.discriminator``.
         map_feature_weight: weight of the up-sampled in-painting feature error added to the anomaly map.
+        map_sigma: if > 0, the reconstruction map compares local means: ``|G_sigma * (x - recon)|`` (Gaussian of this
+            sigma in voxels, per window) instead of ``|x - recon|``. Texture the bottleneck cannot reproduce (vessels,
+            edges, noise) gives a signed error that averages out; a region whose mean intensity departs from the
+            reconstruction (a dense lesion filled in with lung) does not. 0 keeps the voxel-wise error.
         disc_channels: discriminator channels.
         disc_norm: norm of the discriminator's inner convs.
         norm: norm of encoder/decoders.
@@ -127,6 +134,7 @@ class SimSID(nn.Module):
         decoder_memory_levels: int = 2,
         with_discriminator: bool = True,
         map_feature_weight: float = 0.0,
+        map_sigma: float = 0.0,
         disc_channels: Sequence[int] = (16, 32, 64, 128, 256),
         disc_norm: str | tuple | None = "batch",
         norm: str | tuple | None = "batch",
@@ -155,6 +163,8 @@ class SimSID(nn.Module):
             raise ValueError(f"decoder_memory_levels must be in [0, {len(channels)}], got {decoder_memory_levels}.")
         if map_feature_weight < 0:
             raise ValueError(f"map_feature_weight must be >= 0, got {map_feature_weight}.")
+        if map_sigma < 0:
+            raise ValueError(f"map_sigma must be >= 0, got {map_sigma}.")
         if with_discriminator and min(roi_size) < 2 ** len(disc_channels):
             raise ValueError(f"roi_size {tuple(roi_size)} too small for a {len(disc_channels)}-conv discriminator.")
         self.spatial_dims = spatial_dims
@@ -163,6 +173,7 @@ class SimSID(nn.Module):
         self.region_grid = tuple(int(g) for g in region_grid)
         self.num_regions = math.prod(self.region_grid)
         self.map_feature_weight = float(map_feature_weight)
+        self.map_sigma = float(map_sigma)
         self.factor = factor
 
         self.encoder = ConvEncoder(spatial_dims, in_channels, channels, norm=norm)
@@ -268,7 +279,11 @@ class SimSID(nn.Module):
         if self.training:
             teacher_recon, teacher_feats = self.teacher_decoder(z.detach())
             return SimSIDTrainOutput(teacher_recon, student_recon, teacher_feats, student_feats)
-        amap = (x - student_recon).abs().mean(1, keepdim=True)
+        err = x - student_recon
+        if self.map_sigma > 0:  # no module: the state dict (and old checkpoints) stay as they are
+            k = gaussian_1d(torch.tensor(self.map_sigma), truncated=3.0, normalize=True).to(err.device, torch.float32)
+            err = separable_filtering(err.float(), [k] * self.spatial_dims, mode="replicate")
+        amap = err.abs().mean(1, keepdim=True)
         if self.map_feature_weight > 0:
             ferr = (inpainted - z).pow(2).mean(1, keepdim=True)
             ferr = F.interpolate(ferr, size=x.shape[2:], mode=_INTERP[self.spatial_dims], align_corners=False)
