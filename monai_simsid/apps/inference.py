@@ -14,7 +14,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+from monai.data import Dataset
 from monai.transforms import Compose
+from torch.utils.data import DataLoader
 
 from monai_simsid.apps.calibration import calibrate_map, calibrate_score
 from monai_simsid.apps.preprocessing import resample_to_input
@@ -29,7 +31,15 @@ from monai_simsid.transforms.post.array import extract_findings, postprocess_ano
 from monai_simsid.utils.atomic import atomic_write_text
 from monai_simsid.utils.errors import InputError, find_input_error
 
-__all__ = ["AnomalyPredictor", "CasePrediction", "evaluate_cases", "input_body_mask", "load_predictor", "predict_map"]
+__all__ = [
+    "AnomalyPredictor",
+    "CasePrediction",
+    "CasePreparer",
+    "evaluate_cases",
+    "input_body_mask",
+    "load_predictor",
+    "predict_map",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +71,78 @@ def input_body_mask(
         if k > 1:
             mask = np.repeat(mask, k, axis=ax)
     return mask[tuple(slice(0, n) for n in image_hu.shape)]
+
+
+def _as_input_error(exc: BaseException, item: Mapping[str, Any]) -> InputError:
+    """The one-line :class:`InputError` a batch reports for ``exc`` raised while processing ``item``."""
+    return find_input_error(exc) or InputError(item.get("image"), f"{type(exc).__name__}: {exc}")
+
+
+class CasePreparer:
+    """Load and preprocess one case: everything before the model, with no model in it (cheap to pickle).
+
+    Returns a dict of plain tensors and arrays (picklable, so a worker process can make it): ``case``, ``image``
+    and ``body`` (model space, channel first), ``model_affine`` (the preprocessed grid's 4x4 affine), ``image_hu``
+    (X, Y, Z) and ``affine`` of the input file, ``body_in`` (the body mask on the input grid) and ``preprocess_s``.
+
+    Args:
+        preprocessing: the shared chain used in training.
+        preprocessing_settings: its settings (the body-mask settings are used on the input grid).
+    """
+
+    def __init__(self, preprocessing: Compose, preprocessing_settings: Mapping[str, Any] | None = None) -> None:
+        self.preprocessing = preprocessing
+        self.preprocessing_settings = dict(preprocessing_settings or {})
+        self.loader = LoadCT(check_ct=False)
+
+    def __call__(self, item: Mapping[str, Any]) -> dict:
+        t0 = time.perf_counter()
+        data = preprocess_all([dict(item)], self.preprocessing)[0]
+        image, body = data["image"], data["body"]
+        model_affine = np.asarray(torch.as_tensor(image.affine), dtype=np.float64)
+        original = self.loader(item["image"])
+        affine = np.asarray(original.affine, dtype=np.float64)
+        image_hu = original[0].numpy()
+        # the body mask is recomputed on the input grid, so "0 outside the body" holds voxel for voxel there
+        body_in = input_body_mask(image_hu, affine, self.preprocessing_settings)
+        return {
+            "case": case_name(item["image"]),
+            "image": torch.as_tensor(image).as_subclass(torch.Tensor),
+            "body": torch.as_tensor(body).as_subclass(torch.Tensor),
+            "model_affine": model_affine,
+            "image_hu": image_hu,
+            "affine": affine,
+            "body_in": body_in,
+            "preprocess_s": time.perf_counter() - t0,
+        }
+
+
+class _PrepareOrError:
+    """:class:`CasePreparer` for a worker process: a bad input comes back as ``{"error": (path, problem)}``.
+
+    A worker must not raise (that would end the whole loader), and an exception object may not survive pickling,
+    so the one-line error travels as two strings and the main process rebuilds the same :class:`InputError`.
+    """
+
+    def __init__(self, preparer: CasePreparer) -> None:
+        self.preparer = preparer
+
+    def __call__(self, item: Mapping[str, Any]) -> dict:
+        try:
+            return self.preparer(item)
+        except Exception as exc:  # noqa: BLE001 - reported per case by the main process
+            err = _as_input_error(exc, item)
+            return {"error": (err.path, err.problem)}
+
+
+def _worker_died(exc: BaseException) -> bool:
+    """Whether ``exc`` is PyTorch's error for a ``DataLoader`` worker that exited (e.g. killed for memory)."""
+    return isinstance(exc, RuntimeError) and str(exc).startswith("DataLoader worker")
+
+
+def _keep_case(case: Any) -> Any:
+    """The loader's ``collate_fn``: one case at a time, as prepared (no numpy-to-tensor conversion)."""
+    return case
 
 
 class CasePrediction(NamedTuple):
@@ -112,6 +194,11 @@ class AnomalyPredictor:
             the checkpoint was calibrated for (a different one would make the threshold meaningless: ValueError).
         sigma_mm, min_volume_mm3: post-processing (smoothing, minimum component volume).
         write_png, write_seg: optional outputs.
+        num_workers: worker processes that load and preprocess the next case(s) of :meth:`run` while the model runs
+            on the current one (each holds at most one prepared case ahead, so memory stays bounded). 0 does
+            everything in this process, one case after the other; a single input always runs in this process.
+        multiprocessing_context: start method of the workers (``"fork"``, ``"spawn"``, ``"forkserver"``); None is the
+            platform default (fork on Linux: no re-import, cheap to start).
     """
 
     def __init__(
@@ -129,6 +216,8 @@ class AnomalyPredictor:
         min_volume_mm3: float = 100.0,
         write_png: bool = True,
         write_seg: bool = True,
+        num_workers: int = 0,
+        multiprocessing_context: str | None = None,
     ) -> None:
         if calibration is None:
             raise ValueError("the checkpoint has no calibration; train with the bundle's train.json (it calibrates).")
@@ -151,22 +240,33 @@ class AnomalyPredictor:
         self.min_volume_mm3 = min_volume_mm3
         self.write_png = write_png
         self.write_seg = write_seg
-        self._loader = LoadCT(check_ct=False)
+        if int(num_workers) < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}.")
+        self.num_workers = int(num_workers)
+        self.multiprocessing_context = multiprocessing_context
+        self.preparer = CasePreparer(preprocessing, self.preprocessing_settings)
 
     # ----------------------------------------------------------------- prediction
-    def predict(self, item: Mapping[str, Any], return_image: bool = False) -> CasePrediction | tuple[CasePrediction, np.ndarray]:
-        """Predict one case (``{"image": path}``) without writing anything.
+    def prepare(self, item: Mapping[str, Any]) -> dict:
+        """Load and preprocess one case (``{"image": path}``): the part of :meth:`predict` before the model.
 
-        Args:
-            item: the case.
-            return_image: also return the input volume in HU (X, Y, Z), e.g. for the overview picture.
+        The result is picklable (see :class:`CasePreparer`), so :meth:`run` can make it in a worker process.
+
+        Raises:
+            InputError: the input cannot be used.
         """
-        t0 = time.perf_counter()
-        data = preprocess_all([dict(item)], self.preprocessing)[0]
+        return self.preparer(item)
+
+    def predict_prepared(self, prepared: dict, return_image: bool = False) -> CasePrediction | tuple[CasePrediction, np.ndarray]:
+        """The model, calibration, resampling to the input grid and post-processing of a :meth:`prepare` result.
+
+        The model-space tensors are taken out of ``prepared`` (and freed as soon as they are used).
+        """
         t1 = time.perf_counter()
-        x = torch.as_tensor(data["image"])[None].float().to(self.device)
-        body = torch.as_tensor(data["body"])[None].to(self.device)
+        x = prepared.pop("image")[None].float().to(self.device)
+        body = prepared.pop("body")[None].to(self.device)
         res = self.inferer(x, self.network, body)
+        del x
         t2 = time.perf_counter()
         raw_map = res.anomaly_map[0].cpu()
         body_ms = body[0].cpu()
@@ -174,17 +274,17 @@ class AnomalyPredictor:
         raw_score = scan_score(
             raw_map, res.score_map[0].cpu(), body_ms, self.score_method, topk, norm=self.calibration.get("score_norm")
         )
+        del res, body
         cal_map = calibrate_map(raw_map, self.calibration) * (body_ms > 0.5)
-        original = self._loader(item["image"])
-        affine = np.asarray(original.affine, dtype=np.float64)
+        del raw_map, body_ms
+        affine = prepared["affine"]
+        image_hu = prepared["image_hu"]
         # back to the input grid through the world coordinates of both grids, slab by slab (exact geometry, low
         # memory; equivalent to MONAI's Invertd over this chain, see tests/apps/test_preprocessing.py)
-        model_affine = np.asarray(torch.as_tensor(data["image"].affine), dtype=np.float64)
-        out_map = resample_to_input(cal_map, model_affine, affine, tuple(original.shape[1:]))
+        out_map = resample_to_input(cal_map, prepared["model_affine"], affine, tuple(image_hu.shape))
+        del cal_map
         out_map = np.clip(np.nan_to_num(out_map, nan=0.0), 0.0, 1.0).astype(np.float32)
-        del data, res, x
-        # the body mask is recomputed on the input grid, so "0 outside the body" holds voxel for voxel there
-        body_in = input_body_mask(original[0].numpy(), affine, self.preprocessing_settings)
+        body_in = prepared["body_in"]
         out_map[~body_in] = 0.0
         spacing = spacing_from_affine(affine)
         mask, _ = postprocess_anomaly_map(out_map, spacing, sigma_mm=self.sigma_mm, min_volume_mm3=self.min_volume_mm3, body_mask=body_in)
@@ -192,9 +292,56 @@ class AnomalyPredictor:
         t3 = time.perf_counter()
         score = calibrate_score(raw_score, self.calibration)
         label = "anomalous" if raw_score >= self.calibration["scan_threshold"] else "normal"
-        timings = {"preprocess_s": t1 - t0, "model_s": t2 - t1, "postprocess_s": t3 - t2}
-        pred = CasePrediction(case_name(item["image"]), out_map, mask, affine, score, raw_score, label, findings, timings, body_in)
-        return (pred, original[0].numpy()) if return_image else pred
+        timings = {"preprocess_s": prepared["preprocess_s"], "model_s": t2 - t1, "postprocess_s": t3 - t2}
+        pred = CasePrediction(prepared["case"], out_map, mask, affine, score, raw_score, label, findings, timings, body_in)
+        return (pred, image_hu) if return_image else pred
+
+    def predict(self, item: Mapping[str, Any], return_image: bool = False) -> CasePrediction | tuple[CasePrediction, np.ndarray]:
+        """Predict one case (``{"image": path}``) without writing anything: :meth:`prepare`, then :meth:`predict_prepared`.
+
+        Args:
+            item: the case.
+            return_image: also return the input volume in HU (X, Y, Z), e.g. for the overview picture.
+        """
+        return self.predict_prepared(self.prepare(item), return_image=return_image)
+
+    def _prepared_cases(self, entries: Sequence[Mapping[str, Any]], num_workers: int):
+        """Yield ``(item, prepared)`` in order; ``prepared`` is ``{"error": (path, problem)}`` for a bad input.
+
+        With ``num_workers`` > 0 a ``DataLoader`` over a MONAI ``Dataset`` prepares the next cases in worker
+        processes (``prefetch_factor=1``: at most ``num_workers`` prepared cases wait, whatever the batch size).
+        """
+        safe = _PrepareOrError(self.preparer)
+        if num_workers <= 0:
+            for item in entries:
+                yield item, safe(item)
+            return
+        loader = DataLoader(
+            Dataset(list(entries), transform=safe),
+            batch_size=None,
+            shuffle=False,
+            num_workers=num_workers,
+            collate_fn=_keep_case,
+            prefetch_factor=1,
+            persistent_workers=False,
+            multiprocessing_context=self.multiprocessing_context,
+        )
+        it = iter(loader)
+        try:
+            for k, item in enumerate(entries):
+                try:
+                    prepared = next(it)
+                except Exception as exc:  # noqa: BLE001 - e.g. a worker killed for memory: go on without workers
+                    logger.warning("the loading worker failed (%s); preparing the remaining cases in this process", exc)
+                    break
+                yield item, prepared
+                del prepared
+            else:
+                return
+        finally:
+            del it  # shuts the workers down now, also when the batch stops early (fail_on_error)
+        for item in list(entries)[k:]:
+            yield item, safe(item)
 
     # ----------------------------------------------------------------- writing
     def write(self, pred: CasePrediction, output_dir: str | os.PathLike, image_hu: np.ndarray | None = None) -> Path:
@@ -261,8 +408,22 @@ class AnomalyPredictor:
             raise
         return folder
 
+    def _predict_and_write(self, prepared: dict, out: Path, table: ScoresTable) -> CasePrediction:
+        """One case of :meth:`run`: predict a :meth:`prepare` result (or raise its error), write it, update the table."""
+        if "error" in prepared:
+            raise InputError(*prepared["error"])
+        pred, hu = self.predict_prepared(prepared, return_image=True)
+        self.write(pred, out, hu)
+        table.add(pred.case, pred.score, pred.label, len(pred.findings))
+        table.write(out / "scores.csv")
+        logger.info("%s: score %.3f (%s), %d finding(s)", pred.case, pred.score, pred.label, len(pred.findings))
+        return pred
+
     def run(self, entries: Sequence[Mapping[str, Any]], output_dir: str | os.PathLike, fail_on_error: bool | None = None) -> dict:
         """Predict and write every entry; a bad case is skipped and listed in ``errors.csv``.
+
+        With ``num_workers`` > 0 the next case(s) are loaded and preprocessed in worker processes while the model
+        runs; the outputs, ``scores.csv`` and ``errors.csv`` are the same as with ``num_workers=0``.
 
         Args:
             entries: ``{"image": path}`` dicts (a datalist section or a folder listing).
@@ -285,20 +446,30 @@ class AnomalyPredictor:
         fail_fast = len(entries) == 1 if fail_on_error is None else fail_on_error
         table = ScoresTable.read(out / "scores.csv") if (out / "scores.csv").is_file() else ScoresTable()
         done, failed = [], []
-        for item in entries:
-            try:
-                pred, hu = self.predict(item, return_image=True)
-                self.write(pred, out, hu)
-                table.add(pred.case, pred.score, pred.label, len(pred.findings))
-                table.write(out / "scores.csv")
-                done.append(pred.case)
-                logger.info("%s: score %.3f (%s), %d finding(s)", pred.case, pred.score, pred.label, len(pred.findings))
-            except Exception as exc:  # noqa: BLE001 - one bad case must not stop the batch
-                err = find_input_error(exc) or InputError(item.get("image"), f"{type(exc).__name__}: {exc}")
-                if fail_fast:
-                    raise err from None
-                logger.error("skipping %s", err)
-                failed.append((err.path, err.problem))
+        # a single input runs in this process (nothing to overlap); else up to one worker per further case
+        num_workers = min(self.num_workers, len(entries) - 1)
+        with contextlib.closing(self._prepared_cases(entries, num_workers)) as cases:
+            for item, prepared in cases:
+                try:
+                    try:
+                        pred = self._predict_and_write(prepared, out, table)
+                    except RuntimeError as exc:
+                        if not _worker_died(exc):
+                            raise
+                        # the loader's SIGCHLD handler raises a dead worker's error in whatever this process is doing:
+                        # not this case's fault, so it is redone here (the following ones are prepared here too)
+                        logger.warning("a loading worker died (%s); redoing %s in this process", str(exc).split(". ")[0], item.get("image"))
+                        pred = self._predict_and_write(_PrepareOrError(self.preparer)(item), out, table)
+                    done.append(pred.case)
+                except Exception as exc:  # noqa: BLE001 - one bad case must not stop the batch
+                    err = _as_input_error(exc, item)
+                    if fail_fast:
+                        raise err from None
+                    logger.error("skipping %s", err)
+                    failed.append((err.path, err.problem))
+                finally:
+                    # nothing of this case stays alive while the next one is prepared (flat memory over a batch)
+                    prepared = pred = None
         if failed:
             buf = io.StringIO()
             w = csv.writer(buf)
