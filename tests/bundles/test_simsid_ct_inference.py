@@ -76,11 +76,35 @@ def test_inference_writes_the_contract_files_in_input_geometry(trained, syntheti
     assert rows[0] == "case,score,label,findings" and rows[1].startswith("oblique,")
 
 
-def test_lesions_score_higher_than_the_rest_of_the_body(trained, synthetic_dataset, tmp_path):
+def test_evaluate_json_metrics_match_an_independent_computation(trained, synthetic_dataset, tmp_path):
+    # A model trained for 8 tiny epochs is too weak for a quality bar: its lesion voxel AUROC moves between 0.44 and
+    # 0.81 with the seed (for either decoder). Quality is measured by tools/benchmark.py and `make demo`; here the
+    # metrics of evaluate.json must equal sklearn's on the predictor's own maps (lesion cases, body + lesion voxels).
+    from sklearn.metrics import roc_auc_score
+
+    from monai_simsid.apps.inference import load_predictor
+    from monai_simsid.transforms.io import LoadCT
+
     result = _infer(trained, tmp_path, config="evaluate.json", datalist=str(synthetic_dataset), write_outputs=False)
     metrics = json.loads((tmp_path / "metrics.json").read_text())["metrics"]
-    assert metrics["voxel_auroc"] is not None and metrics["voxel_auroc"] > 0.5
-    assert result[0]["num_cases"] == len(load_datalist(synthetic_dataset, "test"))
+    cases = load_datalist(synthetic_dataset, "test")
+    assert result[0]["num_cases"] == len(cases)
+    predictor = load_predictor("simsid_ct", trained, device="cpu")
+    values, truth, scores, sample_truth = [], [], [], []
+    for case in cases:
+        pred = predictor.predict(case)
+        lesion = LoadCT(is_label=True)(case["label"])[0].numpy() > 0.5 if case.get("label") else None
+        scores.append(pred.score)
+        sample_truth.append(int(lesion is not None and lesion.any()))
+        if sample_truth[-1]:
+            region = pred.body | lesion
+            values.append(pred.anomaly_map[region])
+            truth.append(lesion[region])
+    assert sum(sample_truth) > 0
+    assert metrics["voxel_auroc"] == pytest.approx(roc_auc_score(np.concatenate(truth), np.concatenate(values)), abs=1e-6)
+    if 0 < sum(sample_truth) < len(cases):
+        assert metrics["sample_auroc"] == pytest.approx(roc_auc_score(sample_truth, scores), abs=1e-6)
+    assert float(np.std(np.concatenate(values))) > 0  # the map is not constant
 
 
 def test_single_bad_input_fails_with_one_clear_error(trained, tmp_path):

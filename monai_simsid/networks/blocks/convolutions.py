@@ -12,12 +12,34 @@ from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.nn as nn
+from monai.networks.blocks import SubpixelUpsample
 from monai.networks.layers.factories import Conv
 from monai.networks.layers.utils import get_act_layer, get_norm_layer
+from monai.networks.utils import icnr_init, pixelshuffle
 
-__all__ = ["ConvEncoder", "ConvDecoder", "DEFAULT_ACT"]
+__all__ = ["ConvEncoder", "ConvDecoder", "DEFAULT_ACT", "UP_MODES"]
 
 DEFAULT_ACT: tuple = ("leakyrelu", {"negative_slope": 0.2})
+
+#: up-sampling modes of :class:`ConvDecoder` (see its ``up_mode`` argument).
+UP_MODES = ("deconv", "shuffle")
+
+# norms whose statistics treat the non-channel positions as an unordered set: they give the same result on a
+# voxel-shuffled tensor and on the tensor before the shuffle viewed as (B, C, s**d * S0, S1, ...)
+_SHUFFLE_INVARIANT_NORMS = (
+    nn.Identity,
+    nn.modules.batchnorm._BatchNorm,
+    nn.modules.instancenorm._InstanceNorm,
+    nn.GroupNorm,
+    nn.LocalResponseNorm,
+)
+# activations that act on each value alone (so they can be applied to any view of a tensor)
+_ELEMENTWISE_ACTS = (
+    nn.Identity, nn.ReLU, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Tanh, nn.Sigmoid,
+    nn.ReLU6, nn.Hardswish, nn.Hardtanh, nn.Softplus,
+)
+#: voxels per chunk of the eval-mode fused decoder tail (its buffers then stay small, cache-resident)
+_TAIL_CHUNK = 8192
 
 
 def check_network_args(spatial_dims: int, in_channels: int, channels: Sequence[int]) -> None:
@@ -132,12 +154,29 @@ def _up_kernel_padding(stride: int, overlapping: bool = True) -> tuple[int, int]
     return stride, 0  # kernel == stride: non-overlapping, 8x cheaper in 3D
 
 
-class ConvDecoder(nn.Module):
-    """Skip-free transposed-convolution decoder.
+def _shuffle_up(
+    spatial_dims: int, in_channels: int, out_channels: int, stride: int, kernel_size: int, bias: bool
+) -> nn.Module:
+    """Conv (``kernel_size``) to ``out_channels * stride**spatial_dims`` channels + voxel shuffle.
 
-    Level ``i`` maps ``in_channels`` (level 0) or ``channels[i - 1]`` to ``channels[i]`` with a
-    transposed conv (k4 s2 p1 for stride 2) + norm + act; a final conv maps ``channels[-1]`` to
-    ``out_channels``. Callables ("hooks", e.g. memory blocks) can be applied after chosen levels.
+    MONAI's :class:`~monai.networks.blocks.SubpixelUpsample` without its pad-pool blur, ICNR-initialised with a zero
+    bias (so it starts as the conv followed by nearest-neighbour up-sampling: no checkerboard at initialisation).
+    """
+    conv = Conv[Conv.CONV, spatial_dims](
+        in_channels, out_channels * stride**spatial_dims, kernel_size=kernel_size, padding=kernel_size // 2, bias=bias
+    )
+    icnr_init(conv, stride)
+    if conv.bias is not None:
+        nn.init.zeros_(conv.bias)  # one value per sub-voxel group, like the ICNR weights
+    return SubpixelUpsample(spatial_dims, in_channels, out_channels, stride, conv_block=conv, apply_pad_pool=False)
+
+
+class ConvDecoder(nn.Module):
+    """Skip-free up-sampling convolutional decoder.
+
+    Level ``i`` maps ``in_channels`` (level 0) or ``channels[i - 1]`` to ``channels[i]`` with an up-sampling
+    layer (see ``up_mode``) + norm + act; a final conv maps ``channels[-1]`` to ``out_channels``. Callables
+    ("hooks", e.g. memory blocks) can be applied after chosen levels.
 
     Args:
         spatial_dims: number of spatial dimensions.
@@ -150,7 +189,20 @@ class ConvDecoder(nn.Module):
         out_kernel_size: kernel size of the final conv (1 or 3).
         out_act: optional activation after the final conv (e.g. ``"tanh"``, ``"sigmoid"``).
         overlapping_up: transposed convs with kernel ``2 * stride`` (k4 s2, smoother) instead of kernel
-            ``stride`` (k2 s2: no overlap, about 8x fewer multiply-adds in 3D; the CPU default).
+            ``stride`` (k2 s2: no overlap, about 8x fewer multiply-adds in 3D; the CPU default). With
+            ``up_mode="shuffle"``: a k3 conv before the shuffle instead of a 1x1 one.
+        up_mode: how levels with stride ``s > 1`` up-sample. ``"deconv"`` (default): a transposed conv (the
+            layout of existing checkpoints). ``"shuffle"``: a conv to ``c * s**d`` channels followed by a voxel
+            (pixel) shuffle, i.e. MONAI's :class:`~monai.networks.blocks.SubpixelUpsample` without pad-pool,
+            ICNR-initialised (bias only when ``norm`` is None, as for the transposed convs). With
+            ``overlapping_up=False`` the conv is 1x1, which spans the same maps as the k2-s2 transposed conv; with
+            ``out_kernel_size=1`` as well, the eval-mode decoder runs its last level, norm, act and final conv
+            before the shuffle (see :meth:`forward`), the fast CPU setting. Stride-1 levels are the same in both
+            modes.
+
+    Raises:
+        ValueError: on invalid channels, strides, ``out_channels``, ``in_channels``, ``out_kernel_size`` or
+            ``up_mode``.
     """
 
     def __init__(
@@ -165,6 +217,7 @@ class ConvDecoder(nn.Module):
         out_kernel_size: int = 3,
         out_act: str | tuple | None = None,
         overlapping_up: bool = True,
+        up_mode: str = "deconv",
     ) -> None:
         super().__init__()
         self.strides = _check_common(spatial_dims, channels, strides)
@@ -172,6 +225,10 @@ class ConvDecoder(nn.Module):
             raise ValueError(f"out_channels must be positive, got {out_channels}.")
         if out_kernel_size not in (1, 3):
             raise ValueError(f"out_kernel_size must be 1 or 3, got {out_kernel_size}.")
+        if up_mode not in UP_MODES:
+            raise ValueError(f"up_mode must be one of {UP_MODES}, got {up_mode!r}.")
+        self.up_mode = up_mode
+        self.out_kernel_size = int(out_kernel_size)
         self.spatial_dims = spatial_dims
         self.channels = tuple(int(c) for c in channels)
         self.in_channels = self.channels[0] if in_channels is None else int(in_channels)
@@ -182,14 +239,12 @@ class ConvDecoder(nn.Module):
         levels = []
         prev = self.in_channels
         for c, s in zip(self.channels, self.strides):
-            k, p = _up_kernel_padding(s, overlapping_up)
-            levels.append(
-                nn.Sequential(
-                    convt(prev, c, kernel_size=k, stride=s, padding=p, bias=bias),
-                    _norm(norm, spatial_dims, c),
-                    _act(act),
-                )
-            )
+            if up_mode == "shuffle" and s > 1:
+                up = _shuffle_up(spatial_dims, prev, c, s, kernel_size=3 if overlapping_up else 1, bias=bias)
+            else:
+                k, p = _up_kernel_padding(s, overlapping_up)
+                up = convt(prev, c, kernel_size=k, stride=s, padding=p, bias=bias)
+            levels.append(nn.Sequential(up, _norm(norm, spatial_dims, c), _act(act)))
             prev = c
         self.levels = nn.ModuleList(levels)
         self.final = nn.Sequential(
@@ -201,14 +256,94 @@ class ConvDecoder(nn.Module):
     def upsample_factor(self) -> int:
         return math.prod(self.strides)
 
+    def _can_fuse_tail(self) -> bool:
+        """Whether the last level + final conv can run before the voxel shuffle (same result, less memory traffic)."""
+        up, norm_layer = self.levels[-1][0], self.levels[-1][1]
+        return (
+            isinstance(up, SubpixelUpsample)
+            and self.out_kernel_size == 1
+            and isinstance(norm_layer, _SHUFFLE_INVARIANT_NORMS)
+        )
+
+    def _fused_tail(self, x: torch.Tensor) -> torch.Tensor:
+        """Last level + final conv with the shuffle moved to the end, where it moves ``out_channels`` channels.
+
+        The norm sees the pre-shuffle tensor as ``(B, c, s**d * S0, S1, ...)``: every channel holds the same values
+        as after the shuffle, only in another order, so the statistics and the result are the same. The activation
+        and the final 1x1 conv act voxel by voxel, so they commute with the shuffle. On CPU, with a 1x1 up-sampling
+        conv, an eval-mode batch norm (folded into that conv) or none, and an element-wise activation, the level runs
+        in chunks of voxels, so no full-resolution ``c``-channel tensor is ever allocated (allocating and filling
+        those dominates the CPU time of the full-resolution level).
+        """
+        up, norm_layer, act_layer = self.levels[-1]
+        s, d, c = self.strides[-1], self.spatial_dims, self.channels[-1]
+        sub = s**d
+        conv = self.final[0]
+        w_final = conv.weight.reshape(conv.out_channels, c)
+        b, cin, *size = x.shape
+        n = math.prod(size)
+        folded = None
+        if x.device.type == "cpu" and isinstance(act_layer, _ELEMENTWISE_ACTS):
+            folded = self._folded_up(up.conv_block, norm_layer)
+        if folded is not None:
+            w_up, b_up = folded  # (c * sub, cin), (c * sub, 1): rows ordered channel * sub + sub-voxel
+            xs = x.reshape(b, cin, n)
+            y = x.new_empty(b, conv.out_channels, sub, n)
+            for i in range(b):
+                for j in range(0, n, _TAIL_CHUNK):
+                    h = act_layer(torch.addmm(b_up, w_up, xs[i, :, j : j + _TAIL_CHUNK]))
+                    y[i, :, :, j : j + _TAIL_CHUNK] = torch.mm(w_final, h.view(c, -1)).view(conv.out_channels, sub, -1)
+        else:
+            if up.conv_block.weight.shape[2:].numel() == 1:  # 1x1 conv as a batched matmul (faster on CPU)
+                h = torch.matmul(up.conv_block.weight.reshape(c * sub, cin), x.reshape(b, cin, n))
+                if up.conv_block.bias is not None:
+                    h = h + up.conv_block.bias.reshape(1, -1, 1)
+            else:
+                h = up.conv_block(x)  # (B, c * sub, *S), channel = c_index * sub + sub-voxel
+            h = act_layer(norm_layer(h.reshape(b, c, sub * size[0], *size[1:])))
+            y = torch.matmul(w_final, h.reshape(b, c, -1))  # (B, out, sub * N)
+        y = pixelshuffle(y.reshape(b, conv.out_channels * sub, *size), d, s)
+        if conv.bias is not None:
+            y = y + conv.bias.reshape(1, -1, *([1] * d)).to(y.dtype)
+        return self.final[1](y)
+
+    def _folded_up(self, conv: nn.Module, norm_layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(weight, bias)`` of the 1x1 up-sampling conv with an eval batch norm folded in (None: not possible)."""
+        if conv.weight.shape[2:].numel() != 1:
+            return None
+        sub = self.strides[-1] ** self.spatial_dims
+        w = conv.weight.reshape(conv.weight.shape[0], -1)
+        bias = conv.bias if conv.bias is not None else w.new_zeros(w.shape[0])
+        if isinstance(norm_layer, nn.Identity):
+            return w, bias[:, None]
+        if not isinstance(norm_layer, nn.modules.batchnorm._BatchNorm) or norm_layer.training:
+            return None
+        if norm_layer.running_mean is None or norm_layer.running_var is None:
+            return None
+        scale = torch.rsqrt(norm_layer.running_var + norm_layer.eps)
+        if norm_layer.weight is not None:
+            scale = scale * norm_layer.weight
+        shift = -norm_layer.running_mean * scale
+        if norm_layer.bias is not None:
+            shift = shift + norm_layer.bias
+        scale, shift = scale.repeat_interleave(sub), shift.repeat_interleave(sub)
+        return w * scale[:, None], (bias * scale + shift)[:, None]
+
     def forward(
-        self, x: torch.Tensor, hooks: Mapping[int, Callable[[torch.Tensor], torch.Tensor]] | None = None
+        self,
+        x: torch.Tensor,
+        hooks: Mapping[int, Callable[[torch.Tensor], torch.Tensor]] | None = None,
+        return_features: bool = True,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Decode ``x``.
 
         Args:
             x: code of shape (B, in_channels, *S).
             hooks: optional ``{level_index: callable}``; the callable replaces that level's output.
+            return_features: False returns an empty feature list; it lets ``up_mode="shuffle"`` with
+                ``out_kernel_size=1`` run its last level and the final conv before the voxel shuffle when the last
+                level has no hook (the same output up to float rounding, without full-resolution ``c``-channel
+                tensors; see :meth:`_fused_tail`).
 
         Returns:
             ``(output, features)`` where ``features[i]`` is level ``i``'s output (after its hook).
@@ -217,10 +352,15 @@ class ConvDecoder(nn.Module):
         bad = [i for i in hooks if not 0 <= int(i) < len(self.levels)]
         if bad:
             raise ValueError(f"hook levels {bad} out of range for {len(self.levels)} decoder levels.")
+        last = len(self.levels) - 1
+        fuse = not return_features and last not in hooks and self._can_fuse_tail()
         feats = []
         for i, level in enumerate(self.levels):
+            if fuse and i == last:
+                return self._fused_tail(x), []
             x = level(x)
             if i in hooks:
                 x = hooks[i](x)
-            feats.append(x)
+            if return_features:
+                feats.append(x)
         return self.final(x), feats

@@ -150,18 +150,19 @@ class SpaceAwareMemory(nn.Module):
         if keys.shape[0] != queries.shape[0]:
             raise ValueError(f"got {keys.shape[0]} keys for {queries.shape[0]} query groups.")
         mem = self.memory.index_select(0, keys)  # (N, M, C)
+        # the scalings are in place on the fresh einsum result (same values, one full-size buffer fewer)
         if self.similarity == "cosine":
             logits = torch.einsum("nlc,nmc->nlm", F.normalize(queries, dim=-1), F.normalize(mem, dim=-1))
-            logits = logits / self.temperature
+            logits = logits.div_(self.temperature)
         else:
-            logits = torch.einsum("nlc,nmc->nlm", queries, mem) / math.sqrt(self.feature_dim)
+            logits = torch.einsum("nlc,nmc->nlm", queries, mem).div_(math.sqrt(self.feature_dim))
         logits = logits.float()  # addressing in float32, also under autocast
         vals, idx = logits.topk(self.top_k, dim=-1)
         w = torch.softmax(vals, dim=-1)  # == softmax over all slots, top-k kept and renormalised
         if self.shrink_thres > 0:
             w = F.relu(w - self.shrink_thres) * w / ((w - self.shrink_thres).abs() + 1e-12)
             w = w / w.sum(-1, keepdim=True).clamp_min(1e-12)
-        attention = torch.zeros_like(logits).scatter(-1, idx, w.to(logits.dtype))
+        attention = torch.zeros_like(logits).scatter_(-1, idx, w.to(logits.dtype))
         read = torch.bmm(attention, mem.float()).to(queries.dtype)
         if squeeze:
             return read.squeeze(1), attention.squeeze(1)

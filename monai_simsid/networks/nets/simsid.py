@@ -105,6 +105,11 @@ class SimSID(nn.Module):
         norm: norm of encoder/decoders.
         out_act: optional activation on the reconstructions (e.g. ``"sigmoid"`` for [0, 1] images).
         overlapping_up: k4-s2 transposed convs in the decoders (paper-like); False gives k2-s2 (CPU preset).
+        up_mode: decoder up-sampling, ``"deconv"`` (transposed convs, the default) or ``"shuffle"`` (a 1x1 conv,
+            k3 with ``overlapping_up``, + voxel shuffle: faster on CPU); see
+            :class:`~monai_simsid.networks.blocks.convolutions.ConvDecoder`.
+        out_kernel_size: kernel size (3 or 1) of the decoders' final conv. 1 with ``up_mode="shuffle"`` lets the
+            eval-mode student decoder run its last level before the shuffle (the CPU preset).
         anomaly_head: build ``self.anomaly_head``, an :class:`AnomalyHead` on ``[x, recon, |x - recon|]`` that is
             trained (by :class:`~monai_simsid.engines.SimSIDTrainer` with ``head_weight > 0``) to segment synthetic
             anomalies, plus a ``recon_scale`` buffer (running 99th percentile of the normal-voxel reconstruction
@@ -140,6 +145,8 @@ class SimSID(nn.Module):
         norm: str | tuple | None = "batch",
         out_act: str | tuple | None = None,
         overlapping_up: bool = True,
+        up_mode: str = "deconv",
+        out_kernel_size: int = 3,
         anomaly_head: bool = False,
         head_channels: int = 16,
         map_mode: str = "recon",
@@ -183,7 +190,13 @@ class SimSID(nn.Module):
             hierarchical=hierarchical_memory,
         )
         dec_channels = tuple(reversed(channels))
-        dec_kw = {"norm": norm, "out_act": out_act, "overlapping_up": overlapping_up}
+        dec_kw = {
+            "norm": norm,
+            "out_act": out_act,
+            "overlapping_up": overlapping_up,
+            "up_mode": up_mode,
+            "out_kernel_size": out_kernel_size,
+        }
         self.teacher_decoder = ConvDecoder(spatial_dims, dec_channels, in_channels, **dec_kw)
         self.student_decoder = ConvDecoder(spatial_dims, dec_channels, in_channels, **dec_kw)
         self.decoder_memory = nn.ModuleList(
@@ -258,9 +271,11 @@ class SimSID(nn.Module):
             raise ValueError(f"region indices must be in [0, {self.num_regions}).")
         return region
 
-    def _student(self, z: torch.Tensor, region: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def _student(
+        self, z: torch.Tensor, region: torch.Tensor, return_features: bool = True
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         hooks = {i: (lambda t, m=m: m(t, region)[0]) for i, m in enumerate(self.decoder_memory)}
-        return self.student_decoder(z, hooks)
+        return self.student_decoder(z, hooks, return_features=return_features)
 
     def forward(self, x: torch.Tensor, region: torch.Tensor | None = None) -> SimSIDTrainOutput | SimSIDOutput:
         """Run SimSID.
@@ -275,7 +290,7 @@ class SimSID(nn.Module):
         region = self._check_input(x, region)
         z = self.encoder(x)
         inpainted = self.inpainting(z, region)
-        student_recon, student_feats = self._student(inpainted, region)
+        student_recon, student_feats = self._student(inpainted, region, return_features=self.training)
         if self.training:
             teacher_recon, teacher_feats = self.teacher_decoder(z.detach())
             return SimSIDTrainOutput(teacher_recon, student_recon, teacher_feats, student_feats)
