@@ -20,11 +20,18 @@ def accelerate(net: torch.nn.Module, channels_last: bool = False, compile: bool 
             convolutions with cuDNN and oneDNN; results are unchanged up to rounding).
         compile: ``torch.compile`` the forward pass in place (``nn.Module.compile``: the state dict keeps its keys,
             so checkpoints are unaffected). ``True`` uses the default backend; a string names the backend (e.g.
-            ``"eager"`` to check the wiring without a compiler). The first iterations are slower while it compiles.
+            ``"eager"`` to check the wiring without a compiler); command-line strings such as ``"true"``/``"false"`` are
+            understood. The first iterations are slower while it compiles.
 
     Returns:
         ``net`` itself.
     """
+    if isinstance(compile, str) and compile.strip().lower() in ("", "false", "0", "no", "off", "none"):
+        compile = False  # a command-line "false"
+    elif isinstance(compile, str) and compile.strip().lower() in ("true", "1", "yes", "on"):
+        compile = True
+    if isinstance(channels_last, str):
+        channels_last = channels_last.strip().lower() in ("true", "1", "yes", "on")
     if channels_last:
         for p in net.parameters():
             if p.dim() == 5:

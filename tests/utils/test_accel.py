@@ -32,3 +32,9 @@ def test_defaults_change_nothing():
     net = _net()
     assert accelerate(net) is net
     assert net.encoder.levels[0][0].weight.is_contiguous()
+
+
+def test_command_line_strings():
+    net = accelerate(_net(), channels_last="false", compile="false")
+    assert net.encoder.levels[0][3].weight.is_contiguous()
+    assert not hasattr(net, "_compiled_call_impl") or net._compiled_call_impl is None
