@@ -283,7 +283,9 @@ class ConvDecoder(nn.Module):
         b, cin, *size = x.shape
         n = math.prod(size)
         folded = None
-        if x.device.type == "cpu" and isinstance(act_layer, _ELEMENTWISE_ACTS):
+        # the chunk loops depend on the batch size and volume: a traced export (TorchScript, ONNX) would bake them in
+        tracing = torch.jit.is_tracing() or torch.jit.is_scripting()
+        if x.device.type == "cpu" and isinstance(act_layer, _ELEMENTWISE_ACTS) and not tracing:
             folded = self._folded_up(up.conv_block, norm_layer)
         if folded is not None:
             w_up, b_up = folded  # (c * sub, cin), (c * sub, 1): rows ordered channel * sub + sub-voxel
