@@ -50,13 +50,14 @@ def _network_and_calibration(ckpt: str | None, overrides: dict | None = None):
         data = load_model_checkpoint(ckpt, bundle_name="simsid_ct")
         net = SimSID(**data["meta"]["model_config"])
         net.load_state_dict(data["network"])
-        return net, data["calibration"], data["meta"]["model_config"]
+        return net, data["calibration"], data["meta"]["model_config"], data["meta"].get("preprocessing", {})
     parser = ConfigParser()
     parser.read_config(str(REPO / "bundles" / "simsid_ct" / "configs" / "train.json"))
     cfg = {**parser.get_parsed_content("model_config"), **(overrides or {})}
     cal = {"scan_threshold": 1.0, "scan_std": 1.0, "voxel_threshold": 0.5, "voxel_scale": 0.1, "fpr": 0.05,
            "voxel_fpr": 0.001, "source": "none (random weights)", "topk_fraction": 0.001}
-    return SimSID(**cfg), cal, cfg
+    pre = {"hu_windows": parser.get_parsed_content("hu_windows")}
+    return SimSID(**cfg), cal, cfg, pre
 
 
 def _reference_seconds(predictor, path: str, cfg: dict, args) -> list[float]:
@@ -65,7 +66,8 @@ def _reference_seconds(predictor, path: str, cfg: dict, args) -> list[float]:
     from monai.inferers import sliding_window_inference
     from monai.networks.nets import AutoEncoder
 
-    ref = AutoEncoder(spatial_dims=3, in_channels=1, out_channels=1, channels=tuple(cfg["channels"]),
+    c = int(cfg.get("in_channels", 1))  # the same input channels (HU windows) as the model
+    ref = AutoEncoder(spatial_dims=3, in_channels=c, out_channels=c, channels=tuple(cfg["channels"]),
                       strides=(2,) * len(cfg["channels"])).to(args.device).eval()
     data = predictor.preprocessing({"image": path})
     x = torch.as_tensor(data["image"])[None].float()
@@ -116,11 +118,11 @@ def main(argv: list[str] | None = None) -> int:
     from monai_simsid.data.synthetic import generate_chest_ct
     from monai_simsid.inferers import AnomalyInferer
 
-    net, cal, cfg = _network_and_calibration(args.ckpt, overrides)
+    net, cal, cfg, pre = _network_and_calibration(args.ckpt, overrides)
     inferer = AnomalyInferer(cfg["roi_size"], cfg["region_grid"], sw_batch_size=args.sw_batch_size, overlap=args.overlap,
                              sw_device=args.device, device="cpu")
     spacing = [float(s) for s in args.spacing.split(",")]
-    predictor = AnomalyPredictor(net, inferer, build_preprocessing(), cal, "simsid_ct", "bench", device=args.device,
+    predictor = AnomalyPredictor(net, inferer, build_preprocessing(**pre), cal, "simsid_ct", "bench", device=args.device,
                                  write_png=False)
     results = {"device": args.device, "torch_threads": torch.get_num_threads(), "model_config": cfg, "shapes": {}}
     with tempfile.TemporaryDirectory() as tmp:

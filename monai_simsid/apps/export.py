@@ -25,6 +25,7 @@ __all__ = [
     "RegionPackedNetwork",
     "export_onnx",
     "export_torchscript",
+    "input_channels",
     "load_bundle_network",
     "max_export_error",
     "pack_region",
@@ -76,9 +77,15 @@ def load_bundle_network(bundle_name: str, ckpt_path: str | os.PathLike) -> tuple
     return net, list(roi)
 
 
-def _example(roi, batch: int = 2, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def input_channels(net: torch.nn.Module) -> int:
+    """Image channels a network takes (those of its first convolution; 1 if it has none)."""
+    conv = next((m for m in net.modules() if isinstance(m, torch.nn.modules.conv._ConvNd)), None)
+    return 1 if conv is None else int(conv.in_channels)
+
+
+def _example(roi, batch: int = 2, seed: int = 0, channels: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return torch.rand((batch, 1, *roi), generator=g) * 2 - 1, torch.zeros(batch, dtype=torch.long)
+    return torch.rand((batch, channels, *roi), generator=g) * 2 - 1, torch.zeros(batch, dtype=torch.long)
 
 
 class _Tupled(torch.nn.Module):
@@ -98,7 +105,7 @@ def export_torchscript(net: torch.nn.Module, roi: list[int], path: str | os.Path
     # the input checks of the networks trigger TracerWarnings; correctness is checked by max_export_error
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        traced = torch.jit.trace(wrapped, _example(roi), strict=False, check_trace=False)
+        traced = torch.jit.trace(wrapped, _example(roi, channels=input_channels(net)), strict=False, check_trace=False)
     with atomic_path(path) as tmp:
         torch.jit.save(traced, str(tmp))
     return Path(path)
@@ -110,7 +117,7 @@ def export_onnx(net: torch.nn.Module, roi: list[int], path: str | os.PathLike, o
     with atomic_path(path) as tmp, torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.onnx.export(
-            wrapped, _example(roi), str(tmp), input_names=["image", "region"],
+            wrapped, _example(roi, channels=input_channels(net)), str(tmp), input_names=["image", "region"],
             output_names=["output", "anomaly_map", "score"], opset_version=opset, dynamo=False,
             dynamic_axes={"image": {0: "batch"}, "region": {0: "batch"}, "output": {0: "batch"},
                           "anomaly_map": {0: "batch"}, "score": {0: "batch"}},
@@ -120,7 +127,7 @@ def export_onnx(net: torch.nn.Module, roi: list[int], path: str | os.PathLike, o
 
 def max_export_error(net: torch.nn.Module, roi: list[int], path: str | os.PathLike, regions: Any = (1, 3)) -> float:
     """Largest absolute difference of the anomaly map and score between eager mode and an exported file."""
-    image, _ = _example(roi, batch=len(regions), seed=1)
+    image, _ = _example(roi, batch=len(regions), seed=1, channels=input_channels(net))
     region = torch.as_tensor(list(regions), dtype=torch.long)
     with torch.no_grad():
         ref = net.eval()(image, region)

@@ -7,7 +7,7 @@ import torch
 from monai.bundle import ConfigWorkflow
 
 from conftest import bundle_config
-from monai_simsid.apps.export import export_onnx, export_torchscript, load_bundle_network, max_export_error
+from monai_simsid.apps.export import export_onnx, export_torchscript, input_channels, load_bundle_network, max_export_error
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def test_torchscript_and_onnx_match_eager(ckpt, tmp_path):
     assert max_export_error(net, roi, onnx_path, regions=(2, 26)) < 1e-4
     # the region is a real input of the exported graph, not a constant baked in by tracing
     mod = torch.jit.load(str(ts))
-    x = torch.rand(1, 1, *roi)
+    x = torch.rand(1, input_channels(net), *roi)
     with torch.no_grad():
         a, b = mod(x, torch.tensor([0]))[1], mod(x, torch.tensor([13]))[1]
     assert not torch.allclose(a, b)
@@ -46,14 +46,15 @@ def test_monai_ckpt_export_of_the_region_packed_network(ckpt, tmp_path):
     from monai_simsid.apps.export import pack_region
 
     ts_path = tmp_path / "model.ts"
+    channels = torch.load(ckpt, weights_only=False)["meta"]["model_config"]["in_channels"]
     ckpt_export(
         net_id="export_network_def", filepath=str(ts_path), ckpt_file=str(ckpt), ckpt_path=str(ckpt),
         config_file=bundle_config("simsid_ct", "inference.json"), meta_file=bundle_config("simsid_ct", "metadata.json"),
-        key_in_ckpt="network", use_trace=True, input_shape=[1, 2, 32, 32, 32],
+        key_in_ckpt="network", use_trace=True, input_shape=[1, channels + 1, 32, 32, 32],
     )  # fmt: skip
     net, roi = load_bundle_network("simsid_ct", ckpt)
     mod = torch.jit.load(str(ts_path))
-    x, region = torch.rand(2, 1, *roi) * 2 - 1, torch.tensor([1, 20])
+    x, region = torch.rand(2, channels, *roi) * 2 - 1, torch.tensor([1, 20])
     with torch.no_grad():
         ref = net(x, region)
         out = mod(pack_region(x, region))
