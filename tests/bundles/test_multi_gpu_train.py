@@ -71,7 +71,7 @@ MODELS = {
         "model_config#disc_channels": [4, 4, 4, 4, 4],
     },
 }
-TOL = 1e-5
+TOL = 5e-5  # float32 rounding of 2 x 1 vs 1 x 2 windows through the 3-channel SimSID reaches ~2e-5
 
 
 @pytest.fixture(scope="module")
