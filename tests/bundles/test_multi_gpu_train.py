@@ -122,7 +122,7 @@ def test_two_process_gloo_training_matches_one_process(bundle, two_scans, tmp_pa
 
     assert set(ddp) == set(single), "the DDP checkpoint must hold the unwrapped network (no 'module.' prefix)"
     moved = max(float((single[k].float() - initial[k].float()).abs().max()) for k in single if single[k].is_floating_point())
-    assert moved > 20 * TOL, f"training barely moved the weights ({moved:.2e}); the comparison would be vacuous"
+    assert moved > 10 * TOL, f"training barely moved the weights ({moved:.2e}); the comparison would be vacuous"
     for key in single:
         if not single[key].is_floating_point():
             continue
@@ -133,4 +133,4 @@ def test_two_process_gloo_training_matches_one_process(bundle, two_scans, tmp_pa
     if bundle == "autoencoder_ct":
         return
     disc = [k for k in single if k.startswith("discriminator.") and single[k].is_floating_point()]
-    assert disc and max(float((single[k] - initial[k]).abs().max()) for k in disc) > 20 * TOL
+    assert disc and max(float((single[k] - initial[k]).abs().max()) for k in disc) > 10 * TOL
