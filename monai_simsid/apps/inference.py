@@ -236,6 +236,8 @@ class AnomalyPredictor:
                 "retrain (or re-calibrate) with that score_method."
             )
         self.score_method = calibrated_for
+        if calibrated_for == "topk" and hasattr(network, "window_score"):
+            network.window_score = False  # the scan score reads the map only: skip SimSID's discriminator pass
         self.sigma_mm = sigma_mm
         self.min_volume_mm3 = min_volume_mm3
         self.write_png = write_png

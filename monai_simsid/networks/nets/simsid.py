@@ -68,7 +68,8 @@ class SimSIDOutput(NamedTuple):
         reconstruction: student reconstruction, same shape as the input.
         anomaly_map: ``(B, 1, *S)`` voxel anomaly map (higher = more anomalous).
         score: ``(B,)`` window anomaly score: the negated discriminator logit of the reconstruction
-            (higher = less realistic = more anomalous); the mean anomaly map if there is no discriminator.
+            (higher = less realistic = more anomalous); the mean anomaly map if there is no discriminator or
+            ``SimSID.window_score`` is off.
     """
 
     reconstruction: torch.Tensor
@@ -181,6 +182,9 @@ class SimSID(nn.Module):
         self.num_regions = math.prod(self.region_grid)
         self.map_feature_weight = float(map_feature_weight)
         self.map_sigma = float(map_sigma)
+        #: eval mode: score windows with the discriminator (when there is one). A caller whose scan score does not use
+        #: window scores (``score_method="topk"``) switches it off to save the discriminator pass; the map is unchanged.
+        self.window_score = True
         self.factor = factor
 
         self.encoder = ConvEncoder(spatial_dims, in_channels, channels, norm=norm)
@@ -311,7 +315,7 @@ class SimSID(nn.Module):
             else:
                 scale = self.recon_scale if float(self.recon_scale) > 0 else self.recon_scale.new_ones(())
                 amap = 0.5 * amap / scale + 0.5 * prob
-        if self.discriminator is not None:
+        if self.discriminator is not None and self.window_score:
             score = -self.discriminate(student_recon)
         else:
             score = amap.flatten(1).mean(1)
