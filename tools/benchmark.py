@@ -61,6 +61,7 @@ try:
 except ImportError:  # running from a checkout without the package installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from monai_simsid.apps.rules import LocalZScoreRule, crop_lung_region_mask, intensity_rule_map, lung_region_mask
+from monai_simsid.export.report import to_jsonable
 from monai_simsid.metrics import compute_best_dice, compute_sample_auroc, compute_voxel_ap, compute_voxel_auroc
 from monai_simsid.transforms.body.array import compute_body_mask
 
@@ -635,7 +636,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(format_markdown(results))
-    clean = _jsonable(results)
+    clean = to_jsonable(results)
     summary = {k: v for k, v in clean.items() if k != "lidc"}
     summary["lidc"] = {m: {k: v for k, v in r.items() if k != "per_crop"} for m, r in clean["lidc"].items()}
     print(json.dumps(summary, indent=1))
@@ -645,19 +646,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         out.write_text(json.dumps(clean, indent=1) + "\n")
         print(f"results (with per-crop records) written to {out}")
     return 0
-
-
-def _jsonable(x: Any) -> Any:
-    """Copy of ``x`` with NaN/inf replaced by ``None`` and numpy scalars by Python numbers."""
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, (np.floating, float)):
-        return float(x) if np.isfinite(x) else None
-    if isinstance(x, np.integer):
-        return int(x)
-    return x
 
 
 if __name__ == "__main__":

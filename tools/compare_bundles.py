@@ -529,7 +529,9 @@ def compare(datalist: str | Path, bundles: Sequence[str], output_dir: str | Path
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
         "results": results,
     }
-    (out / "results.json").write_text(json.dumps(_jsonable(summary), indent=1) + "\n")
+    from monai_simsid.export.report import to_jsonable
+
+    (out / "results.json").write_text(json.dumps(to_jsonable(summary), indent=1) + "\n")
     notes = [
         f"Datalist: `{datalist}` (section `{section}`); max_epochs: {max_epochs if max_epochs is not None else 'bundle default'}"
         + (f"; overrides: {', '.join(f'`{o}`' for o in extra_overrides)}" if extra_overrides else "") + ".",
@@ -548,20 +550,6 @@ def compare(datalist: str | Path, bundles: Sequence[str], output_dir: str | Path
             print(f"could not draw the curves: {type(exc).__name__}: {exc}")
     print(f"results: {out / 'results.json'}, {out / 'results.md'}", flush=True)
     return summary
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, (np.floating, float)):
-        return float(x) if math.isfinite(x) else None
-    if isinstance(x, np.integer):
-        return int(x)
-    if isinstance(x, np.ndarray):
-        return _jsonable(x.tolist())
-    return x
 
 
 def build_parser() -> argparse.ArgumentParser:
