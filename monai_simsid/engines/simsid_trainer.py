@@ -161,6 +161,4 @@ class SimSIDTrainer(AnomalyTrainer):
             # the discriminator runs outside the DDP wrapper: its gradients are averaged over processes here
             self._step(d_loss, self.d_optimizer, sync=True)  # type: ignore[arg-type]
 
-        result = {k: float(v.detach()) for k, v in {**terms, **extra}.items() if k != "total"}
-        result.update({"loss": float(g_total.detach()), "g_adv": float(g_adv.detach()), "d_loss": float(d_loss.detach())})
-        return result
+        return self._report(terms, g_total, **extra, g_adv=g_adv, d_loss=d_loss)
