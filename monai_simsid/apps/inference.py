@@ -19,6 +19,7 @@ from monai.transforms import Compose
 from torch.utils.data import DataLoader
 
 from monai_simsid.apps.calibration import calibrate_map, calibrate_score
+from monai_simsid.apps.normative import NormativeMap
 from monai_simsid.apps.preprocessing import resample_to_input
 from monai_simsid.data.datalist import case_name
 from monai_simsid.data.datasets import preprocess_all
@@ -238,6 +239,11 @@ class AnomalyPredictor:
         self.score_method = calibrated_for
         if calibrated_for == "topk" and hasattr(network, "window_score"):
             network.window_score = False  # the scan score reads the map only: skip SimSID's discriminator pass
+        # per-position normalisation of the map, fitted on the calibration normals (see NormativeMap); an input without
+        # a body frame (body_mode "whole", e.g. a small crop) gets the global normal statistics instead
+        normative = self.calibration.get("normative")
+        self.normative = NormativeMap.from_dict(normative) if normative else None
+        self.normative_positions = self.preprocessing_settings.get("body_mode", "threshold") != "whole"
         self.sigma_mm = sigma_mm
         self.min_volume_mm3 = min_volume_mm3
         self.write_png = write_png
@@ -272,6 +278,8 @@ class AnomalyPredictor:
         t2 = time.perf_counter()
         raw_map = res.anomaly_map[0].cpu()
         body_ms = body[0].cpu()
+        if self.normative is not None:
+            raw_map = self.normative(raw_map, body_ms[0] if self.normative_positions else None)
         topk = self.calibration.get("topk_fraction", 0.001)
         raw_score = scan_score(
             raw_map, res.score_map[0].cpu(), body_ms, self.score_method, topk, norm=self.calibration.get("score_norm")
@@ -392,6 +400,11 @@ class AnomalyPredictor:
                         "normal_voxel_fpr": self.calibration["voxel_fpr"],
                     },
                     "postprocessing": {"sigma_mm": self.sigma_mm, "min_volume_mm3": self.min_volume_mm3},
+                    "normative_map": (
+                        None
+                        if self.normative is None
+                        else {"grid": list(self.normative.grid), "positions": bool(self.normative_positions)}
+                    ),
                 },
                 created=False,
             )

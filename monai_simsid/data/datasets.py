@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Sequence
 
 import torch
@@ -10,7 +11,13 @@ import torch
 from monai_simsid.transforms.anomaly import RandEllipsoidLesiond
 from monai_simsid.utils.errors import InputError, find_input_error
 
-__all__ = ["build_validation_data", "preprocess_all", "select_calibration_items", "with_lesion_flag"]
+__all__ = [
+    "build_validation_data",
+    "load_calibration_items",
+    "preprocess_all",
+    "select_calibration_items",
+    "with_lesion_flag",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +90,19 @@ def build_validation_data(
         injected[label_key] = torch.as_tensor(injected[label_key]).float()
         out.append(with_lesion_flag(injected, label_key, body_key))
     return out
+
+
+def load_calibration_items(datalist: str | os.PathLike, preprocessing: Callable) -> tuple[list[dict], str]:
+    """Preprocessed normal scans of a datalist for calibration, as :func:`select_calibration_items` picks them.
+
+    The validation section's normal scans when it has any; otherwise the training scans (only then are they loaded).
+    """
+    from monai_simsid.data.datalist import load_datalist
+
+    val = preprocess_all(load_datalist(datalist, "validation", missing_ok=True), preprocessing)
+    if any(i.get("label") is None or float(torch.as_tensor(i["label"]).sum()) == 0 for i in val):
+        return select_calibration_items(val, [])
+    return select_calibration_items([], preprocess_all(load_datalist(datalist, "training"), preprocessing))
 
 
 def select_calibration_items(val_items: Sequence[dict], train_items: Sequence[dict], label_key: str = "label") -> tuple[list[dict], str]:

@@ -13,6 +13,7 @@ from ignite.engine import Engine, Events
 
 from monai_simsid.apps.calibration import compute_calibration
 from monai_simsid.apps.checkpoint import save_model_checkpoint
+from monai_simsid.apps.normative import NormativeMap, position_cells
 from monai_simsid.inferers.anomaly import AnomalyInferer
 from monai_simsid.inferers.scoring import SCORE_METHODS, scan_score
 
@@ -29,22 +30,39 @@ def collect_normal_statistics(
     topk_fraction: float = 0.001,
     max_voxels_per_scan: int = 500_000,
     seed: int = 0,
-) -> tuple[list[float], list[float], np.ndarray]:
-    """Raw scan scores, discriminator window scores and sampled body-voxel values of normal scans."""
+    normative: NormativeMap | None = None,
+    cell_grid: Sequence[int] | None = None,
+) -> tuple[list[float], list[float], np.ndarray] | tuple[list[float], list[float], np.ndarray, np.ndarray]:
+    """Raw scan scores, discriminator window scores and sampled body-voxel values of normal scans.
+
+    Args:
+        normative: applied to each map before anything is measured (the statistics are then those of the
+            normalised maps).
+        cell_grid: also return the body-normalised cell (see :func:`~monai_simsid.apps.normative.position_cells`)
+            of every sampled voxel, as a fourth element.
+    """
     rng = np.random.default_rng(seed)
-    scan_scores, window_scores, voxels = [], [], []
+    scan_scores, window_scores, voxels, cells = [], [], [], []
     network.eval()
     for item in items:
         x = torch.as_tensor(item["image"])[None].to(device).float()
         body = torch.as_tensor(item["body"])[None].to(device)
         res = inferer(x, network, body)
-        scan_scores.append(scan_score(res.anomaly_map[0], res.score_map[0], body[0], "topk", topk_fraction))
-        window_scores.append(scan_score(res.anomaly_map[0], res.score_map[0], body[0], "discriminator"))
-        vals = res.anomaly_map[0][body[0] > 0.5].float().cpu().numpy()
-        if vals.size > max_voxels_per_scan:
-            vals = rng.choice(vals, max_voxels_per_scan, replace=False)
-        voxels.append(vals)
-    return scan_scores, window_scores, np.concatenate(voxels) if voxels else np.zeros(0)
+        amap = res.anomaly_map[0]
+        if normative is not None:
+            amap = normative(amap.cpu(), body[0, 0].cpu()).to(amap.device)
+        scan_scores.append(scan_score(amap, res.score_map[0], body[0], "topk", topk_fraction))
+        window_scores.append(scan_score(amap, res.score_map[0], body[0], "discriminator"))
+        inside = (body[0] > 0.5).cpu()
+        vals = amap.float().cpu()[inside].numpy()
+        keep = rng.choice(vals.size, max_voxels_per_scan, replace=False) if vals.size > max_voxels_per_scan else slice(None)
+        voxels.append(vals[keep])
+        if cell_grid is not None:
+            cells.append(position_cells(inside[0], cell_grid)[inside[0]].numpy()[keep])
+    out = (scan_scores, window_scores, np.concatenate(voxels) if voxels else np.zeros(0))
+    if cell_grid is not None:
+        return (*out, np.concatenate(cells) if cells else np.zeros(0, dtype=np.int64))
+    return out
 
 
 class CalibrationHandler:
@@ -63,6 +81,12 @@ class CalibrationHandler:
         voxel_fpr: fraction of normal body voxels above the voxel threshold.
         source: description of the normals used.
         topk_fraction: scan score setting (must match inference).
+        extra_meta: more entries for the checkpoint's ``meta``.
+        score_method: the scan score the threshold is computed for.
+        normative_grid: if given, fit a :class:`~monai_simsid.apps.normative.NormativeMap` on this body-normalised
+            grid from the normal maps (stored as ``calibration["normative"]``); thresholds and scan scores are then
+            computed on the normalised maps, and inference applies the same normalisation. This costs a second
+            pass over the normal scans. None keeps the raw map.
     """
 
     def __init__(
@@ -80,6 +104,7 @@ class CalibrationHandler:
         topk_fraction: float = 0.001,
         extra_meta: Mapping[str, Any] | None = None,
         score_method: str = "topk",
+        normative_grid: Sequence[int] | None = None,
     ) -> None:
         if score_method not in SCORE_METHODS:
             raise ValueError(f"score_method must be one of {SCORE_METHODS}, got {score_method!r}.")
@@ -98,15 +123,27 @@ class CalibrationHandler:
         self.source = source
         self.topk_fraction = topk_fraction
         self.extra_meta = extra_meta
+        self.normative_grid = None if normative_grid is None else tuple(int(g) for g in normative_grid)
+        if self.normative_grid is not None and (not self.normative_grid or min(self.normative_grid) < 1):
+            raise ValueError(f"normative_grid must hold positive integers, got {normative_grid}.")
         self.calibration: dict[str, Any] | None = None
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.COMPLETED, self)
 
     def __call__(self, engine: Engine | None = None) -> dict[str, Any]:
-        device = engine.state.device if engine is not None and hasattr(engine.state, "device") else "cpu"
+        if engine is not None and hasattr(engine.state, "device"):
+            device = engine.state.device
+        else:  # called directly (re-calibration of a trained model): run where the network is
+            device = next(iter(self.network.parameters()), torch.zeros(())).device
+        normative = None
+        if self.normative_grid is not None:
+            *_, values, cells = collect_normal_statistics(
+                self.network, self.inferer, self.items, device, self.topk_fraction, cell_grid=self.normative_grid
+            )
+            normative = NormativeMap.fit(values, cells, self.normative_grid)
         scans, windows, voxels = collect_normal_statistics(
-            self.network, self.inferer, self.items, device, self.topk_fraction
+            self.network, self.inferer, self.items, device, self.topk_fraction, normative=normative
         )
         t, w = np.asarray(scans, dtype=float), np.asarray(windows, dtype=float)
         norm = {
@@ -125,6 +162,8 @@ class CalibrationHandler:
             chosen, voxels, windows, fpr=self.fpr, voxel_fpr=self.voxel_fpr, source=self.source
         )
         self.calibration.update({"topk_fraction": self.topk_fraction, "score_method": self.score_method, "score_norm": norm})
+        if normative is not None:
+            self.calibration["normative"] = normative.to_dict()
         extra = dict(self.extra_meta or {})
         if engine is not None:
             extra.update({"epoch": int(engine.state.epoch), "iteration": int(engine.state.iteration)})

@@ -150,3 +150,26 @@ def test_score_method_must_match_the_calibration(trained, synthetic_dataset, tmp
     with pytest.raises(Exception) as info:
         _infer(trained, tmp_path, datalist=str(synthetic_dataset), score_method="discriminator")
     assert "calibrated for score_method 'topk'" in str(info.value.__cause__ or info.value)
+
+
+def test_calibrate_json_adds_normative_statistics_from_the_normals(trained, synthetic_dataset, tmp_path):
+    from monai_simsid.apps.inference import load_predictor
+
+    out = tmp_path / "cal"
+    _infer(trained, out, config="calibrate.json", datalist=str(synthetic_dataset), normative_grid=[3, 3, 3])
+    old = torch.load(str(trained), weights_only=False)
+    new = torch.load(str(out / "model.pt"), weights_only=False)
+    assert "normative" not in old["calibration"]
+    norm = new["calibration"]["normative"]
+    assert norm["grid"] == [3, 3, 3] and len(norm["median"]) == 27 and min(norm["scale"]) > 0
+    assert new["calibration"]["source"].endswith("validation normal scan(s)")  # the datalist's validation normals
+    assert all(torch.equal(old["network"][k], v) for k, v in new["network"].items())  # the weights are untouched
+    assert new["meta"]["recalibrated_from"] == str(trained) and new["meta"]["preprocessing"] == old["meta"]["preprocessing"]
+    case = next(c for c in load_datalist(synthetic_dataset, "test") if c.get("label"))
+    pred_old = load_predictor("simsid_ct", trained).predict(case)
+    predictor = load_predictor("simsid_ct", out / "model.pt")
+    assert predictor.normative is not None
+    pred_new = predictor.predict(case)
+    assert pred_new.anomaly_map.shape == pred_old.anomaly_map.shape and 0 <= pred_new.anomaly_map.min() <= pred_new.anomaly_map.max() <= 1
+    assert not np.allclose(pred_new.anomaly_map, pred_old.anomaly_map)  # the normalisation is applied
+    assert pred_new.raw_score != pred_old.raw_score
