@@ -32,8 +32,9 @@ Register a factory in :data:`METHODS` (or handle a name prefix in :func:`resolve
 :class:`BenchmarkContext` and returns a *MapFn* ``(image_path, image_hu, affine, spacing) -> float32 map`` of the
 input's shape (higher = more anomalous). The context says which normal scans the method may fit on
 (``ctx.training_paths``, already leave-one-out) and whether the inputs are whole scans or small lung VOIs
-(``ctx.region``). Learned models will be ``model:<bundle_name>:<ckpt_path>`` and call
-``monai_simsid.apps.inference.predict_map``; that hook is a TODO (it raises ``NotImplementedError``).
+(``ctx.region``). Learned models are ``model:<bundle_name>:<ckpt_path>[:key=value]`` (a trained checkpoint through
+``monai_simsid.apps.inference.predict_map``; the optional ``key=value`` overrides one model-config entry, e.g.
+``map_mode=head``).
 
 When the data folder is absent the tool prints a message and exits with status 0.
 """
@@ -602,7 +603,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--methods",
         default="intensity_rule,local_zscore",
-        help="comma-separated methods: " + ", ".join(METHODS) + ", or model:<bundle_name>:<ckpt_path> (TODO)",
+        help="comma-separated methods: " + ", ".join(METHODS) + ", or model:<bundle_name>:<ckpt_path>[:key=value]",
     )
     p.add_argument("--lidc-limit", type=int, default=None, help="evaluate only the first N LIDC crops (sorted)")
     p.add_argument("--parts", default="lung2,lidc,normals", help="comma-separated parts (default: all)")
