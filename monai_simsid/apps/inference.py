@@ -515,8 +515,8 @@ def evaluate_cases(
     out.mkdir(parents=True, exist_ok=True)
     label_loader = LoadCT(is_label=True)
     scores, labels, maps, masks, regions, cases = [], [], [], [], [], []
-    for item in entries:
-        pred, hu = predictor.predict(item, return_image=True)
+
+    def add_case(item: Mapping[str, Any], pred: CasePrediction, hu: np.ndarray) -> None:
         if write_outputs:
             predictor.write(pred, out, hu)
         has_label = bool(item.get("label"))
@@ -532,6 +532,15 @@ def evaluate_cases(
             maps.append(pred.anomaly_map)
             masks.append(lesion)
             regions.append(pred.body | lesion)
+
+    # the next cases load in the predictor's worker processes while the model runs on this one (as in run())
+    num_workers = min(predictor.num_workers, len(entries) - 1)
+    with contextlib.closing(predictor._prepared_cases(entries, num_workers)) as prepared_cases:
+        for item, prepared in prepared_cases:
+            if "error" in prepared:
+                raise InputError(*prepared["error"])
+            add_case(item, *predictor.predict_prepared(prepared, return_image=True))
+            prepared = None
     metrics = compute_all_metrics(
         sample_scores=scores,
         sample_labels=labels,

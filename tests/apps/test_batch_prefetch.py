@@ -150,3 +150,21 @@ def test_a_dead_worker_falls_back_to_this_process(cases, tmp_path):
     predictor.preparer = _DiesInWorker(predictor.preprocessing, predictor.preprocessing_settings, parent=os.getpid(), victim="scan1")
     result = predictor.run(cases, tmp_path / "out")
     assert result == {"done": ["scan0", "scan1", "scan2"], "failed": []}
+
+
+def test_evaluate_cases_prefetches_and_matches_the_serial_path(cases, ct_file, tmp_path):
+    from monai_simsid.apps.inference import evaluate_cases
+
+    predictor = _predictor(1)
+    predictor.preparer = _PidPreparer(predictor.preprocessing, predictor.preprocessing_settings)
+    seen = []
+    original = predictor.predict_prepared
+    predictor.predict_prepared = lambda prepared, **kw: (seen.append(prepared["pid"]), original(prepared, **kw))[1]
+    with_workers = evaluate_cases(predictor, cases, tmp_path / "w", write_outputs=False)
+    serial = evaluate_cases(_predictor(0), cases, tmp_path / "s", write_outputs=False)
+    assert len(seen) == 3 and all(pid != os.getpid() for pid in seen)  # prepared in the worker
+    assert with_workers["metrics"] == serial["metrics"] and with_workers["cases"] == serial["cases"]
+    bad = tmp_path / "bad.nii.gz"
+    bad.write_bytes(b"not a nifti")
+    with pytest.raises(InputError, match="bad.nii.gz"):
+        evaluate_cases(_predictor(1), cases[:1] + [{"image": str(bad)}], tmp_path / "b", write_outputs=False)
