@@ -38,8 +38,21 @@ _ELEMENTWISE_ACTS = (
     nn.Identity, nn.ReLU, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Tanh, nn.Sigmoid,
     nn.ReLU6, nn.Hardswish, nn.Hardtanh, nn.Softplus,
 )
+#: memory format of the eval-mode CPU encoder per spatial_dims (see :meth:`ConvEncoder.forward`)
+_EVAL_CPU_FORMAT = {2: torch.channels_last, 3: torch.channels_last_3d}
 #: voxels per chunk of the eval-mode fused decoder tail (its buffers then stay small, cache-resident)
 _TAIL_CHUNK = 8192
+
+
+def _act_(act: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``act(x)``, in place on ``x`` (a fresh buffer) for the common activations."""
+    if isinstance(act, nn.Identity):
+        return x
+    if isinstance(act, nn.LeakyReLU):
+        return torch.nn.functional.leaky_relu_(x, act.negative_slope)
+    if isinstance(act, nn.ReLU):
+        return x.relu_()
+    return act(x)
 
 
 def check_network_args(spatial_dims: int, in_channels: int, channels: Sequence[int]) -> None:
@@ -138,12 +151,28 @@ class ConvEncoder(nn.Module):
         return math.prod(self.strides)
 
     def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor | list[torch.Tensor]:
-        """Encode ``x``; return the bottleneck, or the list of all level outputs if ``return_features``."""
+        """Encode ``x``; return the bottleneck, or the list of all level outputs if ``return_features``.
+
+        In eval mode on CPU (2D/3D, not tracing) the levels run in the channels-last memory format, for which oneDNN
+        has much faster few-channel convolutions; the outputs are returned contiguous (the same values up to float
+        rounding).
+        """
+        fmt = _EVAL_CPU_FORMAT.get(self.spatial_dims)
+        channels_last = (
+            fmt is not None
+            and not self.training
+            and x.device.type == "cpu"
+            and not (torch.jit.is_tracing() or torch.jit.is_scripting())
+        )
+        if channels_last:
+            x = x.contiguous(memory_format=fmt)
         feats = []
         for level in self.levels:
             x = level(x)
             feats.append(x)
-        return feats if return_features else x
+        if channels_last:
+            feats = [f.contiguous() for f in feats] if return_features else [x.contiguous()]
+        return feats if return_features else feats[-1]
 
 
 def _up_kernel_padding(stride: int, overlapping: bool = True) -> tuple[int, int]:
@@ -270,10 +299,8 @@ class ConvDecoder(nn.Module):
 
         The norm sees the pre-shuffle tensor as ``(B, c, s**d * S0, S1, ...)``: every channel holds the same values
         as after the shuffle, only in another order, so the statistics and the result are the same. The activation
-        and the final 1x1 conv act voxel by voxel, so they commute with the shuffle. On CPU, with a 1x1 up-sampling
-        conv, an eval-mode batch norm (folded into that conv) or none, and an element-wise activation, the level runs
-        in chunks of voxels, so no full-resolution ``c``-channel tensor is ever allocated (allocating and filling
-        those dominates the CPU time of the full-resolution level).
+        and the final 1x1 conv act voxel by voxel, so they commute with the shuffle. (On CPU with a foldable norm the
+        decoder uses :meth:`_folded_tail` instead.)
         """
         up, norm_layer, act_layer = self.levels[-1]
         s, d, c = self.strides[-1], self.spatial_dims, self.channels[-1]
@@ -282,38 +309,84 @@ class ConvDecoder(nn.Module):
         w_final = conv.weight.reshape(conv.out_channels, c)
         b, cin, *size = x.shape
         n = math.prod(size)
-        folded = None
-        # the chunk loops depend on the batch size and volume: a traced export (TorchScript, ONNX) would bake them in
-        tracing = torch.jit.is_tracing() or torch.jit.is_scripting()
-        if x.device.type == "cpu" and isinstance(act_layer, _ELEMENTWISE_ACTS) and not tracing:
-            folded = self._folded_up(up.conv_block, norm_layer)
-        if folded is not None:
-            w_up, b_up = folded  # (c * sub, cin), (c * sub, 1): rows ordered channel * sub + sub-voxel
-            xs = x.reshape(b, cin, n)
-            y = x.new_empty(b, conv.out_channels, sub, n)
-            for i in range(b):
-                for j in range(0, n, _TAIL_CHUNK):
-                    h = act_layer(torch.addmm(b_up, w_up, xs[i, :, j : j + _TAIL_CHUNK]))
-                    y[i, :, :, j : j + _TAIL_CHUNK] = torch.mm(w_final, h.view(c, -1)).view(conv.out_channels, sub, -1)
+        if up.conv_block.weight.shape[2:].numel() == 1:  # 1x1 conv as a batched matmul (faster on CPU)
+            h = torch.matmul(up.conv_block.weight.reshape(c * sub, cin), x.reshape(b, cin, n))
+            if up.conv_block.bias is not None:
+                h = h + up.conv_block.bias.reshape(1, -1, 1)
         else:
-            if up.conv_block.weight.shape[2:].numel() == 1:  # 1x1 conv as a batched matmul (faster on CPU)
-                h = torch.matmul(up.conv_block.weight.reshape(c * sub, cin), x.reshape(b, cin, n))
-                if up.conv_block.bias is not None:
-                    h = h + up.conv_block.bias.reshape(1, -1, 1)
-            else:
-                h = up.conv_block(x)  # (B, c * sub, *S), channel = c_index * sub + sub-voxel
-            h = act_layer(norm_layer(h.reshape(b, c, sub * size[0], *size[1:])))
-            y = torch.matmul(w_final, h.reshape(b, c, -1))  # (B, out, sub * N)
+            h = up.conv_block(x)  # (B, c * sub, *S), channel = c_index * sub + sub-voxel
+        h = act_layer(norm_layer(h.reshape(b, c, sub * size[0], *size[1:])))
+        y = torch.matmul(w_final, h.reshape(b, c, -1))  # (B, out, sub * N)
         y = pixelshuffle(y.reshape(b, conv.out_channels * sub, *size), d, s)
         if conv.bias is not None:
             y = y + conv.bias.reshape(1, -1, *([1] * d)).to(y.dtype)
         return self.final[1](y)
 
-    def _folded_up(self, conv: nn.Module, norm_layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """``(weight, bias)`` of the 1x1 up-sampling conv with an eval batch norm folded in (None: not possible)."""
+    def _folded_chain(
+        self, x: torch.Tensor, hooks: Mapping[int, Callable[[torch.Tensor], torch.Tensor]]
+    ) -> list[tuple[torch.Tensor, torch.Tensor, nn.Module, int, int]] | None:
+        """The trailing levels that :meth:`_folded_tail` can run, as ``(weight, bias, act, channels, stride)``.
+
+        A level qualifies if it has no hook and is a voxel shuffle after a 1x1 conv, with an eval-mode batch norm
+        (folded into the conv) or no norm, and an element-wise activation. Such levels act voxel by voxel before
+        their shuffle, so a chain of them can run on the unshuffled voxels, with all the shuffles done at the end,
+        at once, on the ``out_channels`` output. None if the last level does not qualify, off CPU, or while tracing
+        (the chunk loops depend on the batch size and the volume; a traced export would bake them in).
+        """
+        if x.device.type != "cpu" or torch.jit.is_tracing() or torch.jit.is_scripting():
+            return None
+        chain: list[tuple[torch.Tensor, torch.Tensor, nn.Module, int, int]] = []
+        for i in range(len(self.levels) - 1, -1, -1):
+            up, norm_layer, act_layer = self.levels[i]
+            if i in hooks or not isinstance(up, SubpixelUpsample) or not isinstance(act_layer, _ELEMENTWISE_ACTS):
+                break
+            folded = self._folded_up(up.conv_block, norm_layer, self.strides[i] ** self.spatial_dims)
+            if folded is None:
+                break
+            chain.insert(0, (*folded, act_layer, self.channels[i], self.strides[i]))
+        return chain or None
+
+    def _folded_tail(
+        self, x: torch.Tensor, chain: Sequence[tuple[torch.Tensor, torch.Tensor, nn.Module, int, int]]
+    ) -> torch.Tensor:
+        """The levels of ``chain`` (see :meth:`_folded_chain`) and the final 1x1 conv, then all their shuffles.
+
+        Runs in chunks of whole slabs along the first spatial axis, about ``_TAIL_CHUNK`` voxels of the first level's
+        output at a time, so no full-resolution hidden tensor is ever allocated (allocating and filling those
+        dominates the CPU time of the full-resolution levels). The level ``l`` output of a chunk has its columns
+        ordered ``(sub-voxel of l, ..., sub-voxel of the first level, voxel)``; the final conv (bias included) maps it
+        to ``out_channels`` rows, and the voxel shuffles of the levels, first to last, then move only those.
+        """
+        d = self.spatial_dims
+        conv = self.final[0]
+        out_c = conv.out_channels
+        w_final = conv.weight.reshape(out_c, chain[-1][3])
+        b_final = (conv.bias if conv.bias is not None else w_final.new_zeros(out_c)).reshape(out_c, 1)
+        b, cin, *size = x.shape
+        strides = [lvl[4] for lvl in chain]
+        slab = math.prod(size[1:])  # voxels per index of the first spatial axis
+        expand = math.prod(s**d for s in strides)
+        rows = max(1, (_TAIL_CHUNK * strides[0] ** d) // (expand * slab))
+        y = x.new_empty(b, out_c, expand, size[0] * slab)  # (B, out, last .. first sub-voxel, voxel)
+        xs = x.reshape(b, cin, -1)
+        for i in range(b):
+            for z0 in range(0, size[0], rows):
+                cols = slice(z0 * slab, min(z0 + rows, size[0]) * slab)
+                h = xs[i, :, cols]
+                for w_up, b_up, act_layer, c, _ in chain:
+                    h = _act_(act_layer, torch.addmm(b_up, w_up, h)).view(c, -1)
+                y[i, :, :, cols] = torch.addmm(b_final, w_final, h).view(out_c, expand, -1)
+        y = y.view(b, -1, *size)
+        for s in strides:  # channels (out, last .. first sub-voxel): the first level's sub-voxels are innermost
+            y = pixelshuffle(y, d, s)
+        return self.final[1](y)
+
+    @staticmethod
+    def _folded_up(conv: nn.Module, norm_layer: nn.Module, sub: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(weight, bias)`` of a 1x1 up-sampling conv (``sub`` sub-voxels per channel) with an eval batch norm
+        folded in (None: not possible)."""
         if conv.weight.shape[2:].numel() != 1:
             return None
-        sub = self.strides[-1] ** self.spatial_dims
         w = conv.weight.reshape(conv.weight.shape[0], -1)
         bias = conv.bias if conv.bias is not None else w.new_zeros(w.shape[0])
         if isinstance(norm_layer, nn.Identity):
@@ -345,7 +418,8 @@ class ConvDecoder(nn.Module):
             return_features: False returns an empty feature list; it lets ``up_mode="shuffle"`` with
                 ``out_kernel_size=1`` run its last level and the final conv before the voxel shuffle when the last
                 level has no hook (the same output up to float rounding, without full-resolution ``c``-channel
-                tensors; see :meth:`_fused_tail`).
+                tensors; see :meth:`_fused_tail`). On CPU, all the trailing hook-free 1x1-shuffle levels with a
+                foldable norm then run together before their shuffles (see :meth:`_folded_tail`).
 
         Returns:
             ``(output, features)`` where ``features[i]`` is level ``i``'s output (after its hook).
@@ -356,8 +430,11 @@ class ConvDecoder(nn.Module):
             raise ValueError(f"hook levels {bad} out of range for {len(self.levels)} decoder levels.")
         last = len(self.levels) - 1
         fuse = not return_features and last not in hooks and self._can_fuse_tail()
+        chain = self._folded_chain(x, hooks) if fuse else None
         feats = []
         for i, level in enumerate(self.levels):
+            if chain is not None and i == len(self.levels) - len(chain):
+                return self._folded_tail(x, chain), []
             if fuse and i == last:
                 return self._fused_tail(x), []
             x = level(x)

@@ -129,17 +129,22 @@ class SpaceAwareMemory(nn.Module):
         stdv = 1.0 / math.sqrt(feature_dim)
         self.memory = nn.Parameter(torch.empty(num_keys, num_slots, feature_dim).uniform_(-stdv, stdv))
 
-    def forward(self, queries: torch.Tensor, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, queries: torch.Tensor, keys: torch.Tensor, return_attention: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Read the memory.
 
         Args:
             queries: ``(N, C)`` or ``(N, L, C)`` (``L`` queries sharing the key ``keys[n]``).
             keys: ``(N,)`` long memory indices in ``[0, num_keys)``.
+            return_attention: False returns ``None`` instead of the dense attention. In eval mode the read is then
+                computed from the ``top_k`` selected slots only (a gather), without the ``(N, L, num_slots)``
+                attention tensor and its scatter and dense matmul: the same values up to float rounding.
 
         Returns:
             ``(read, attention)``: ``read`` has the shape of ``queries``; ``attention`` is ``(N, num_slots)``
             or ``(N, L, num_slots)`` with exactly ``top_k`` non-zero weights summing to 1 per query
-            (fewer if ``shrink_thres > 0``).
+            (fewer if ``shrink_thres > 0``), or None if not ``return_attention``.
         """
         squeeze = queries.dim() == 2
         if squeeze:
@@ -150,6 +155,9 @@ class SpaceAwareMemory(nn.Module):
         if keys.shape[0] != queries.shape[0]:
             raise ValueError(f"got {keys.shape[0]} keys for {queries.shape[0]} query groups.")
         mem = self.memory.index_select(0, keys)  # (N, M, C)
+        if not return_attention and not self.training:
+            read = self._sparse_read(queries, mem)
+            return (read.squeeze(1) if squeeze else read), None
         # the scalings are in place on the fresh einsum result (same values, one full-size buffer fewer)
         if self.similarity == "cosine":
             logits = torch.einsum("nlc,nmc->nlm", F.normalize(queries, dim=-1), F.normalize(mem, dim=-1))
@@ -159,14 +167,48 @@ class SpaceAwareMemory(nn.Module):
         logits = logits.float()  # addressing in float32, also under autocast
         vals, idx = logits.topk(self.top_k, dim=-1)
         w = torch.softmax(vals, dim=-1)  # == softmax over all slots, top-k kept and renormalised
-        if self.shrink_thres > 0:
-            w = F.relu(w - self.shrink_thres) * w / ((w - self.shrink_thres).abs() + 1e-12)
-            w = w / w.sum(-1, keepdim=True).clamp_min(1e-12)
+        w = self._shrink(w)
         attention = torch.zeros_like(logits).scatter_(-1, idx, w.to(logits.dtype))
         read = torch.bmm(attention, mem.float()).to(queries.dtype)
+        if not return_attention:
+            return (read.squeeze(1) if squeeze else read), None
         if squeeze:
             return read.squeeze(1), attention.squeeze(1)
         return read, attention
+
+    def _shrink(self, w: torch.Tensor) -> torch.Tensor:
+        """MemAE-style hard shrinkage of the top-k weights ``w`` (renormalised); identity if ``shrink_thres == 0``."""
+        if self.shrink_thres <= 0:
+            return w
+        w = F.relu(w - self.shrink_thres) * w / ((w - self.shrink_thres).abs() + 1e-12)
+        return w / w.sum(-1, keepdim=True).clamp_min(1e-12)
+
+    def _sparse_read(self, queries: torch.Tensor, mem: torch.Tensor) -> torch.Tensor:
+        """Eval-mode read ``(N, L, C)`` from the ``top_k`` slots alone (see ``forward(return_attention=False)``).
+
+        The similarity scaling (a positive factor) is applied to the ``top_k`` selected logits only: it does not
+        change which slots are selected. The softmax over the (descending) selected logits subtracts the first one,
+        their maximum. The read accumulates ``top_k`` gathered slot rows instead of a dense ``(L, M) @ (M, C)``
+        product with ``M - top_k`` zero weights per row.
+        """
+        n, _, c = queries.shape
+        m = mem.shape[1]
+        if self.similarity == "cosine":
+            logits = torch.einsum("nlc,nmc->nlm", F.normalize(queries, dim=-1), F.normalize(mem, dim=-1))
+            divisor = self.temperature
+        else:
+            logits = torch.einsum("nlc,nmc->nlm", queries, mem)
+            divisor = math.sqrt(self.feature_dim)
+        vals, idx = logits.topk(self.top_k, dim=-1)  # sorted: vals[..., 0] is the maximum
+        vals = vals.div_(divisor).float()  # the same values as the dense path's selected logits
+        w = (vals - vals[..., :1]).exp_()
+        w = self._shrink(w / w.sum(-1, keepdim=True))  # (out of place: this path may also run with gradients)
+        flat = idx + (torch.arange(n, device=idx.device) * m).reshape(n, 1, 1)  # rows of mem viewed as (N * M, C)
+        table = mem.float().reshape(n * m, c)
+        read = F.embedding(flat[..., 0], table) * w[..., :1]
+        for j in range(1, self.top_k):
+            read.addcmul_(F.embedding(flat[..., j], table), w[..., j : j + 1])
+        return read.to(queries.dtype)
 
 
 class MemoryBlock(nn.Module):
@@ -204,16 +246,26 @@ class MemoryBlock(nn.Module):
             num_regions * self.num_blocks, num_slots, feature_dim, top_k, shrink_thres, similarity, temperature
         )
 
-    def forward(self, x: torch.Tensor, region: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """``x`` (B, C, *S), ``region`` (B,) long -> (read (B, C, *S), attention (B, P, V, num_slots))."""
+    def forward(
+        self, x: torch.Tensor, region: torch.Tensor | None = None, return_attention: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``x`` (B, C, *S), ``region`` (B,) long -> (read (B, C, *S), attention (B, P, V, num_slots)).
+
+        ``return_attention=False`` gives ``None`` for the attention (and the faster eval-mode read of
+        :meth:`SpaceAwareMemory.forward`).
+        """
         b = x.shape[0]
         if region is None:
             region = torch.zeros(b, dtype=torch.long, device=x.device)
         size = _block_size(x.shape[2:], self.block_grid)
         tokens = blocks_to_tokens(x, self.block_grid)  # (B, P, V, C)
         keys = region_block_keys(region, self.num_blocks)
-        read, att = self.memory(tokens.reshape(b * self.num_blocks, -1, tokens.shape[-1]), keys.reshape(-1))
+        read, att = self.memory(
+            tokens.reshape(b * self.num_blocks, -1, tokens.shape[-1]), keys.reshape(-1), return_attention
+        )
         read = tokens_to_blocks(read.reshape(tokens.shape), self.block_grid, size)
+        if att is None or not return_attention:
+            return read, None
         return read, att.reshape(b, self.num_blocks, -1, att.shape[-1])
 
 

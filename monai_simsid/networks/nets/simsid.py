@@ -278,7 +278,7 @@ class SimSID(nn.Module):
     def _student(
         self, z: torch.Tensor, region: torch.Tensor, return_features: bool = True
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        hooks = {i: (lambda t, m=m: m(t, region)[0]) for i, m in enumerate(self.decoder_memory)}
+        hooks = {i: (lambda t, m=m: m(t, region, return_attention=False)[0]) for i, m in enumerate(self.decoder_memory)}
         return self.student_decoder(z, hooks, return_features=return_features)
 
     def forward(self, x: torch.Tensor, region: torch.Tensor | None = None) -> SimSIDTrainOutput | SimSIDOutput:
@@ -302,7 +302,7 @@ class SimSID(nn.Module):
         if self.map_sigma > 0:  # no module: the state dict (and old checkpoints) stay as they are
             k = gaussian_1d(torch.tensor(self.map_sigma), truncated=3.0, normalize=True).to(err.device, torch.float32)
             err = separable_filtering(err.float(), [k] * self.spatial_dims, mode="replicate")
-        amap = err.abs().mean(1, keepdim=True)
+        amap = (err.abs() if err.requires_grad else err.abs_()).mean(1, keepdim=True)  # err is a fresh tensor
         if self.map_feature_weight > 0:
             ferr = (inpainted - z).pow(2).mean(1, keepdim=True)
             ferr = F.interpolate(ferr, size=x.shape[2:], mode=_INTERP[self.spatial_dims], align_corners=False)

@@ -1,0 +1,142 @@
+"""Eval-mode fast paths (sparse memory read, folded decoder chain, channels-last encoder) vs the reference paths."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+
+import monai_simsid.networks.blocks.convolutions as convolutions
+from monai_simsid.networks.blocks.convolutions import ConvDecoder, ConvEncoder
+from monai_simsid.networks.blocks.memory import MemoryBlock, SpaceAwareMemory
+from monai_simsid.networks.nets import SimSID
+
+torch.set_num_threads(1)
+
+
+def _randomise_norms(net: nn.Module) -> None:
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.1, 0.1)
+
+
+@pytest.mark.parametrize("similarity,shrink_thres", [("cosine", 0.0), ("dot", 0.0), ("cosine", 0.1)])
+@pytest.mark.parametrize("query_dims", [2, 3])
+def test_sparse_read_matches_dense_read(similarity, shrink_thres, query_dims):
+    torch.manual_seed(0)
+    mem = SpaceAwareMemory(6, num_slots=40, feature_dim=16, top_k=5, shrink_thres=shrink_thres, similarity=similarity)
+    mem.eval()
+    q = torch.randn(8, 16) if query_dims == 2 else torch.randn(8, 33, 16)
+    keys = torch.randint(0, 6, (8,))
+    with torch.no_grad():
+        dense, att = mem(q, keys)
+        sparse, none = mem(q, keys, return_attention=False)
+    assert none is None and att.shape[-1] == 40
+    assert sparse.shape == dense.shape == q.shape
+    assert torch.allclose(sparse, dense, atol=1e-5)
+
+
+def test_sparse_read_keeps_gradients_and_training_path():
+    torch.manual_seed(0)
+    mem = SpaceAwareMemory(2, num_slots=20, feature_dim=8, top_k=3).eval()
+    q = torch.randn(2, 5, 8, requires_grad=True)
+    read, _ = mem(q, torch.tensor([0, 1]), return_attention=False)
+    read.sum().backward()
+    assert q.grad is not None and mem.memory.grad is not None
+    mem.train()  # training: the dense path (also without the attention in the result)
+    with torch.no_grad():
+        a, att = mem(q, torch.tensor([0, 1]))
+        b, none = mem(q, torch.tensor([0, 1]), return_attention=False)
+    assert none is None and att is not None and torch.equal(a, b)
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_memory_block_fast_read(spatial_dims):
+    torch.manual_seed(0)
+    blk = MemoryBlock(spatial_dims, 8, (2,) * spatial_dims, num_regions=3, num_slots=30, top_k=4).eval()
+    x = torch.randn(2, 8, *(6,) * spatial_dims)
+    region = torch.tensor([2, 0])
+    with torch.no_grad():
+        ref, att = blk(x, region)
+        fast, none = blk(x, region, return_attention=False)
+    assert none is None and att.shape == (2, 2**spatial_dims, 3**spatial_dims, 30)
+    assert torch.allclose(fast, ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+@pytest.mark.parametrize("norm", ["batch", None])
+def test_folded_decoder_chain_matches_level_by_level(spatial_dims, norm, monkeypatch):
+    """Several trailing 1x1-shuffle levels run together (chunked, shuffles at the end) == the plain decoder."""
+    monkeypatch.setattr(convolutions, "_TAIL_CHUNK", 64)  # several chunks
+    torch.manual_seed(0)
+    dec = ConvDecoder(spatial_dims, (16, 8, 4), 2, norm=norm, up_mode="shuffle", overlapping_up=False,
+                      out_kernel_size=1)
+    _randomise_norms(dec)
+    dec.eval()
+    x = torch.randn(2, 16, *[3, 5, 4][:spatial_dims])
+    assert len(dec._folded_chain(x, {})) == 3 and len(dec._folded_chain(x, {1: lambda t: t})) == 1
+    with torch.no_grad():
+        ref, _ = dec(x)  # return_features: no fusion
+        fast, _ = dec(x, return_features=False)
+        hooked, _ = dec(x, hooks={0: lambda t: 2 * t}, return_features=False)
+        hooked_ref = dec.final(dec.levels[2](dec.levels[1](2 * dec.levels[0](x))))
+    assert fast.shape == ref.shape == (2, 2, *[24, 40, 32][:spatial_dims])
+    assert torch.allclose(fast, ref, atol=1e-5)
+    assert torch.allclose(hooked, hooked_ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_channels_last_eval_encoder(spatial_dims):
+    torch.manual_seed(0)
+    enc = ConvEncoder(spatial_dims, 3, (4, 8))
+    _randomise_norms(enc)
+    enc.eval()
+    x = torch.randn(2, 3, *(16,) * spatial_dims)
+    with torch.no_grad():
+        out = enc(x)
+        feats = enc(x, return_features=True)
+        ref = x
+        for level in enc.levels:  # the reference: the levels in the default memory format
+            ref = level(ref)
+    assert out.is_contiguous() and all(f.is_contiguous() for f in feats)
+    assert torch.allclose(out, ref, atol=1e-5) and torch.allclose(feats[-1], ref, atol=1e-5)
+
+
+def _reference_simsid_eval(net: SimSID, x: torch.Tensor, region: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """SimSID's eval pass through the reference paths: default-format encoder, dense memory reads, plain decoder."""
+    z = x
+    for level in net.encoder.levels:
+        z = level(z)
+    inpainted = net.inpainting(z, region)
+    hooks = {i: (lambda t, m=m: m(t, region)[0]) for i, m in enumerate(net.decoder_memory)}  # dense reads
+    recon, _ = net.student_decoder(inpainted, hooks, return_features=True)  # no fusion
+    return recon, (x - recon).abs().mean(1, keepdim=True)
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_simsid_eval_fast_paths_match_reference(spatial_dims):
+    torch.manual_seed(0)
+    roi = (32,) * spatial_dims
+    net = SimSID(
+        spatial_dims, in_channels=3, roi_size=roi, block_grid=(2,) * spatial_dims, region_grid=(3,) * spatial_dims,
+        channels=(4, 8, 16), embed_dim=16, num_heads=4, num_slots=20, top_k=5, decoder_memory_levels=2,
+        with_discriminator=False, up_mode="shuffle", overlapping_up=False, out_kernel_size=1,
+    )
+    _randomise_norms(net)
+    net.eval()
+    state = copy.deepcopy(net.state_dict())
+    x = torch.randn(2, 3, *roi)
+    region = torch.tensor([0, 3**spatial_dims - 1])
+    with torch.no_grad():
+        out = net(x, region)
+        recon, amap = _reference_simsid_eval(net, x, region)
+    assert torch.allclose(out.reconstruction, recon, atol=1e-5)
+    assert torch.allclose(out.anomaly_map, amap, atol=1e-5)
+    assert torch.allclose(out.score, amap.flatten(1).mean(1), atol=1e-5)
+    net.load_state_dict(state)  # the state dict is unchanged (checkpoints load)
