@@ -86,7 +86,7 @@ class CalibrationHandler:
         normative_grid: if given, fit a :class:`~monai_simsid.apps.normative.NormativeMap` on this body-normalised
             grid from the normal maps (stored as ``calibration["normative"]``); thresholds and scan scores are then
             computed on the normalised maps, and inference applies the same normalisation. This costs a second
-            pass over the normal scans. None keeps the raw map.
+            pass over the normal scans. None (or an empty grid) keeps the raw map.
     """
 
     def __init__(
@@ -123,8 +123,9 @@ class CalibrationHandler:
         self.source = source
         self.topk_fraction = topk_fraction
         self.extra_meta = extra_meta
-        self.normative_grid = None if normative_grid is None else tuple(int(g) for g in normative_grid)
-        if self.normative_grid is not None and (not self.normative_grid or min(self.normative_grid) < 1):
+        # an empty grid also means "off" (``monai.bundle run`` drops a None override, so configs can pass [])
+        self.normative_grid = tuple(int(g) for g in normative_grid) if normative_grid else None
+        if self.normative_grid is not None and min(self.normative_grid) < 1:
             raise ValueError(f"normative_grid must hold positive integers, got {normative_grid}.")
         self.calibration: dict[str, Any] | None = None
 

@@ -119,5 +119,6 @@ def test_calibration_handler_fits_the_normative_map_on_its_normals_only(tmp_path
     cal3 = CalibrationHandler(net, inferer, normals + [_item(2, bright=True)], normative_grid=(4, 2, 2), **kw)()
     assert cal3["normative"] != cal["normative"]
     assert "normative" not in CalibrationHandler(net, inferer, normals, **kw)()
+    assert "normative" not in CalibrationHandler(net, inferer, normals, normative_grid=[], **kw)()
     with pytest.raises(ValueError):
         CalibrationHandler(net, inferer, normals, normative_grid=(0, 2, 2), **kw)
