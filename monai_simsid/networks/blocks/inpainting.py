@@ -62,6 +62,9 @@ class InpaintingBlock(nn.Module):
         hierarchical: use :class:`HierarchicalMemory` for the read and the query context.
         mlp_ratio: hidden size of the feed-forward layer relative to ``embed_dim``.
         shrink_thres, similarity, temperature: see :class:`SpaceAwareMemory`.
+        neighbour_gap: 0 in-paints a block from its adjacent blocks; ``g > 0`` from the ring of blocks at Chebyshev
+            distance ``g + 1`` only (see :func:`block_neighbourhood`): a lesion as large as a block and its adjacent
+            blocks then cannot leak into its own reconstruction through the neighbours.
     """
 
     def __init__(
@@ -80,6 +83,7 @@ class InpaintingBlock(nn.Module):
         shrink_thres: float = 0.0,
         similarity: str = "cosine",
         temperature: float = 0.1,
+        neighbour_gap: int = 0,
     ) -> None:
         super().__init__()
         if spatial_dims not in (1, 2, 3):
@@ -111,7 +115,15 @@ class InpaintingBlock(nn.Module):
             self.memory = HierarchicalMemory(self.num_blocks, num_regions, **mem_args)
         else:
             self.memory = SpaceAwareMemory(num_regions * self.num_blocks, **mem_args)
-        index, valid = block_neighbourhood(self.block_grid)
+        if neighbour_gap < 0:
+            raise ValueError(f"neighbour_gap must be >= 0, got {neighbour_gap}.")
+        self.neighbour_gap = int(neighbour_gap)
+        index, valid = block_neighbourhood(self.block_grid, self.neighbour_gap)
+        if not bool(valid.any(-1).all()):
+            raise ValueError(
+                f"neighbour_gap={neighbour_gap} leaves some block of block_grid {self.block_grid} without a neighbour "
+                f"(every block needs one at Chebyshev distance {neighbour_gap + 1}); use a larger grid or a smaller gap."
+            )
         self.register_buffer("nb_index", index, persistent=False)
         self.register_buffer("nb_valid", valid, persistent=False)
         self.register_buffer("pos_code", binary_position_code(self.num_blocks), persistent=False)

@@ -57,18 +57,25 @@ def tokens_to_blocks(t: torch.Tensor, grid: Sequence[int], block_size: Sequence[
     return t.permute(perm).reshape(b, c, *(g * s for g, s in zip(grid, block_size)))
 
 
-def block_neighbourhood(grid: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Indices of the ``3**d - 1`` neighbours (centre excluded) of every block in a block grid.
+def block_neighbourhood(grid: Sequence[int], gap: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices of the neighbours of every block in a block grid: the blocks at Chebyshev distance ``gap + 1``.
+
+    ``gap=0`` gives the ``3**d - 1`` adjacent blocks. ``gap=1`` skips them and takes the next ring
+    (``5**d - 3**d`` blocks), so a lesion that spans a block and its adjacent blocks cannot reach the block's
+    in-painting through its neighbours.
 
     Returns:
-        ``(index, valid)``, both ``(P, 3**d - 1)``: flat neighbour indices (0 where outside the grid) and a
+        ``(index, valid)``, both ``(P, Nn)``: flat neighbour indices (0 where outside the grid) and a
         bool mask that is False for neighbours outside the grid.
     """
+    if gap < 0:
+        raise ValueError(f"gap must be >= 0, got {gap}.")
+    r = gap + 1
     d = len(grid)
     g = torch.tensor(list(grid))
     coords = torch.stack(torch.meshgrid(*[torch.arange(n) for n in grid], indexing="ij"), -1).reshape(-1, d)
-    offsets = torch.stack(torch.meshgrid(*[torch.arange(-1, 2)] * d, indexing="ij"), -1).reshape(-1, d)
-    offsets = offsets[(offsets != 0).any(-1)]
+    offsets = torch.stack(torch.meshgrid(*[torch.arange(-r, r + 1)] * d, indexing="ij"), -1).reshape(-1, d)
+    offsets = offsets[offsets.abs().amax(-1) == r]
     nb = coords[:, None, :] + offsets[None]  # (P, Nn, d)
     valid = ((nb >= 0) & (nb < g)).all(-1)
     strides = torch.tensor([math.prod(grid[i + 1 :]) for i in range(d)])

@@ -93,6 +93,8 @@ class SimSID(nn.Module):
         region_grid: body-region grid; ``prod(region_grid)`` memory banks per block ((1,)*d disables it).
         channels: encoder channels (the decoders use them reversed).
         embed_dim, num_heads, num_slots, top_k, mask_ratio: in-painting / memory settings.
+        inpaint_gap: neighbourhood of the in-painting (see :class:`InpaintingBlock` ``neighbour_gap``): 0 reads the
+            adjacent blocks; 1 skips them and reads the next ring (needs ``block_grid`` >= 3 along some axis).
         hierarchical_memory: use block / group / global memory in the in-painting block.
         decoder_memory_levels: number of deepest student-decoder levels followed by a memory block.
         with_discriminator: build ``self.discriminator``.
@@ -136,6 +138,7 @@ class SimSID(nn.Module):
         num_slots: int = 200,
         top_k: int = 5,
         mask_ratio: float = 1.0,
+        inpaint_gap: int = 0,
         hierarchical_memory: bool = False,
         decoder_memory_levels: int = 2,
         with_discriminator: bool = True,
@@ -191,7 +194,7 @@ class SimSID(nn.Module):
         self.inpainting = InpaintingBlock(
             spatial_dims, channels[-1], self.block_grid, embed_dim=embed_dim, num_heads=num_heads,
             num_slots=num_slots, top_k=top_k, num_regions=self.num_regions, mask_ratio=mask_ratio,
-            hierarchical=hierarchical_memory,
+            hierarchical=hierarchical_memory, neighbour_gap=inpaint_gap,
         )
         dec_channels = tuple(reversed(channels))
         dec_kw = {
