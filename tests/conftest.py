@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -70,6 +72,17 @@ def synthetic_dataset(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("synthetic")
     return write_synthetic_dataset(out, num_normal=4, num_abnormal=2, size=40, spacing=3.0, seed=3, num_val_normal=2)
+
+
+def load_tool(name: str, module_name: str | None = None):
+    """Import ``tools/<name>.py`` as a module (registered in ``sys.modules``: dataclasses look their module up)."""
+    module_name = module_name or name
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, REPO_ROOT / "tools" / f"{name}.py")
+    mod = sys.modules[module_name] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def bundle_config(bundle: str, name: str) -> str:

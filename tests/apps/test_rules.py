@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy import ndimage
 
+from conftest import load_tool
 from monai_simsid.apps.rules import LocalZScoreRule, crop_lung_region_mask, intensity_rule_map, lung_region_mask
 from monai_simsid.data.synthetic import generate_chest_ct, insert_lesions
 
@@ -126,11 +125,7 @@ def test_local_zscore_rule(phantom):
 
 
 def _benchmark_module():
-    spec = importlib.util.spec_from_file_location("simsid_benchmark", REPO / "tools" / "benchmark.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up
-    spec.loader.exec_module(mod)
-    return mod
+    return load_tool("benchmark", "simsid_benchmark")
 
 
 def test_benchmark_helpers_and_model_method():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from conftest import load_tool
 from monai_simsid.data.synthetic import (
     LESION_KINDS,
     PhantomCase,
@@ -30,11 +30,7 @@ def case() -> PhantomCase:
 
 
 def _load_cli():
-    path = Path(__file__).resolve().parents[2] / "tools" / "make_synthetic_ct.py"
-    spec = importlib.util.spec_from_file_location("make_synthetic_ct", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("make_synthetic_ct")
 
 
 def test_determinism_and_seed_dependence(case):

@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from types import SimpleNamespace
 
 import numpy as np
 import torch
 
-from conftest import REPO_ROOT
+from conftest import load_tool
 from monai_simsid.inferers import AnomalyInferer
 
 
 def _tool():
-    path = REPO_ROOT / "tools" / "check_window_grid.py"
-    spec = importlib.util.spec_from_file_location("check_window_grid", path)
-    mod = sys.modules["check_window_grid"] = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_tool("check_window_grid")
 
 
 class _VoxelMap(torch.nn.Module):

@@ -5,27 +5,20 @@ The subprocess runner is replaced by a fake, so nothing is trained here.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import load_tool
+
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _load(name: str, path: Path):
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = sys.modules[name] = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
-cb = _load("compare_bundles", REPO / "tools" / "compare_bundles.py")
+cb = load_tool("compare_bundles")
 
 CASES = [
     {"case": "normal_005", "score": 0.2, "label": "normal", "lesion_case": False},
@@ -196,7 +189,7 @@ def test_plot_written(tmp_path):
 
 
 def test_benchmark_dispatches_on_bundles(tmp_path, capsys):
-    bench = _load("simsid_benchmark_cmp", REPO / "tools" / "benchmark.py")
+    bench = load_tool("benchmark", "simsid_benchmark_cmp")
     argv = ["--datalist", str(tmp_path / "missing.json"), "--bundles", "simsid_ct", "--output_dir", str(tmp_path)]
     with pytest.raises(SystemExit) as exc:  # handed to compare_bundles, whose parser rejects the missing datalist
         bench.main(argv)

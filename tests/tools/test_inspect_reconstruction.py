@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from types import SimpleNamespace
 
 import nibabel as nib
@@ -11,17 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO_ROOT
+from conftest import load_tool
 from monai_simsid.inferers import AnomalyInferer
 from monai_simsid.networks.nets.simsid import SimSIDOutput
 
 
 def _tool():
-    path = REPO_ROOT / "tools" / "inspect_reconstruction.py"
-    spec = importlib.util.spec_from_file_location("inspect_reconstruction", path)
-    mod = sys.modules["inspect_reconstruction"] = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_tool("inspect_reconstruction")
 
 
 class _FlatRecon(torch.nn.Module):
