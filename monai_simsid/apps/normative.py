@@ -35,6 +35,11 @@ def _check_grid(grid: Sequence[int]) -> tuple[int, ...]:
     return g
 
 
+def _bbox(body: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Bounding box of a body mask given as bool, integer or float (> 0.5) values."""
+    return body_bbox(body > 0.5 if body.is_floating_point() else body.bool())
+
+
 def position_cells(body: torch.Tensor | np.ndarray, grid: Sequence[int]) -> torch.Tensor:
     """Row-major index of the body-normalised cell of every voxel.
 
@@ -52,7 +57,7 @@ def position_cells(body: torch.Tensor | np.ndarray, grid: Sequence[int]) -> torc
     body = torch.as_tensor(body)
     if body.ndim != len(grid):
         raise ValueError(f"grid {grid} does not match a {body.ndim}-D body mask.")
-    lo, hi = body_bbox(body > 0.5 if body.is_floating_point() else body.bool())
+    lo, hi = _bbox(body)
     index = torch.zeros((), dtype=torch.long)
     for ax, (n, a, b) in enumerate(zip(grid, lo, hi)):
         coord = torch.arange(body.shape[ax], dtype=torch.float64)
@@ -148,7 +153,7 @@ class NormativeMap:
         if body.ndim != len(self.grid):
             raise ValueError(f"normative grid {self.grid} does not match a {body.ndim}-D map.")
         device = body.device if device is None else torch.device(device)
-        lo, hi = body_bbox(body > 0.5 if body.is_floating_point() else body.bool())
+        lo, hi = _bbox(body)
         size = tuple(int(b - a) for a, b in zip(lo, hi))
         stats = torch.as_tensor(np.stack([self.median, self.scale]), dtype=torch.float32, device=device)
         stats = stats.reshape(1, 2, *self.grid)

@@ -92,6 +92,11 @@ def build_validation_data(
     return out
 
 
+def _is_normal(item: dict, label_key: str = "label") -> bool:
+    """Whether a preprocessed item is a normal scan: no label, or an empty one."""
+    return item.get(label_key) is None or float(torch.as_tensor(item[label_key]).sum()) == 0
+
+
 def load_calibration_items(datalist: str | os.PathLike, preprocessing: Callable) -> tuple[list[dict], str]:
     """Preprocessed normal scans of a datalist for calibration, as :func:`select_calibration_items` picks them.
 
@@ -100,7 +105,7 @@ def load_calibration_items(datalist: str | os.PathLike, preprocessing: Callable)
     from monai_simsid.data.datalist import load_datalist
 
     val = preprocess_all(load_datalist(datalist, "validation", missing_ok=True), preprocessing)
-    if any(i.get("label") is None or float(torch.as_tensor(i["label"]).sum()) == 0 for i in val):
+    if any(_is_normal(i) for i in val):
         return select_calibration_items(val, [])
     return select_calibration_items([], preprocess_all(load_datalist(datalist, "training"), preprocessing))
 
@@ -111,7 +116,7 @@ def select_calibration_items(val_items: Sequence[dict], train_items: Sequence[di
     Returns:
         the items and a description of their source (recorded in the checkpoint and every report).
     """
-    normals = [i for i in val_items if i.get(label_key) is None or float(torch.as_tensor(i[label_key]).sum()) == 0]
+    normals = [i for i in val_items if _is_normal(i, label_key)]
     if normals:
         return normals, f"{len(normals)} validation normal scan(s)"
     logger.warning("no normal validation scan: calibrating on the training normals (thresholds will be optimistic)")

@@ -165,13 +165,9 @@ class SpaceAwareMemory(nn.Module):
         if not return_attention and not self.training:
             read = self._sparse_read(queries, mem)
             return (read.squeeze(1) if squeeze else read), None
-        # the scalings are in place on the fresh einsum result (same values, one full-size buffer fewer)
-        if self.similarity == "cosine":
-            logits = torch.einsum("nlc,nmc->nlm", F.normalize(queries, dim=-1), F.normalize(mem, dim=-1))
-            logits = logits.div_(self.temperature)
-        else:
-            logits = torch.einsum("nlc,nmc->nlm", queries, mem).div_(math.sqrt(self.feature_dim))
-        logits = logits.float()  # addressing in float32, also under autocast
+        # the scaling is in place on the fresh einsum result (same values, one full-size buffer fewer)
+        logits, divisor = self._similarity(queries, mem)
+        logits = logits.div_(divisor).float()  # addressing in float32, also under autocast
         vals, idx = logits.topk(self.top_k, dim=-1)
         w = torch.softmax(vals, dim=-1)  # == softmax over all slots, top-k kept and renormalised
         w = self._shrink(w)
@@ -182,6 +178,12 @@ class SpaceAwareMemory(nn.Module):
         if squeeze:
             return read.squeeze(1), attention.squeeze(1)
         return read, attention
+
+    def _similarity(self, queries: torch.Tensor, mem: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """Unscaled query-slot similarities ``(N, L, M)`` and the positive divisor that scales them to logits."""
+        if self.similarity == "cosine":
+            return torch.einsum("nlc,nmc->nlm", F.normalize(queries, dim=-1), F.normalize(mem, dim=-1)), self.temperature
+        return torch.einsum("nlc,nmc->nlm", queries, mem), math.sqrt(self.feature_dim)
 
     def _shrink(self, w: torch.Tensor) -> torch.Tensor:
         """MemAE-style hard shrinkage of the top-k weights ``w`` (renormalised); identity if ``shrink_thres == 0``."""
@@ -200,12 +202,7 @@ class SpaceAwareMemory(nn.Module):
         """
         n, _, c = queries.shape
         m = mem.shape[1]
-        if self.similarity == "cosine":
-            logits = torch.einsum("nlc,nmc->nlm", F.normalize(queries, dim=-1), F.normalize(mem, dim=-1))
-            divisor = self.temperature
-        else:
-            logits = torch.einsum("nlc,nmc->nlm", queries, mem)
-            divisor = math.sqrt(self.feature_dim)
+        logits, divisor = self._similarity(queries, mem)
         vals, idx = logits.topk(self.top_k, dim=-1)  # sorted: vals[..., 0] is the maximum
         vals = vals.div_(divisor).float()  # the same values as the dense path's selected logits
         w = (vals - vals[..., :1]).exp_()
