@@ -3,17 +3,23 @@
 
 Prints one JSON object: per shape, seconds split into load, preprocess, model, post-process and write, voxels per
 second, the peak resident memory of this process, and ``ratio_vs_reference``: our model stage (windows, memory,
-in-painting, region keys, stitching) divided by a plain MONAI ``AutoEncoder`` with the same encoder widths and
-strides slid over the same preprocessed scan with the same roi, overlap and ``sw_batch_size``. Weights are random unless ``--ckpt`` is given (speed does not
-depend on them); the model config is the bundle's ``train.json`` default (or the checkpoint's).
+in-painting, region keys, stitching) divided by a plain MONAI ``AutoEncoder(spatial_dims=3, in_channels=1,
+out_channels=1)`` with the same encoder widths and strides slid over (one channel of) the same preprocessed scan with
+the same roi, overlap and ``sw_batch_size``. When the model takes several input channels (HU windows),
+``ratio_vs_reference_same_channels`` divides by the same reference built with the model's ``in_channels`` (fed all
+channels): the like-for-like comparison for a multi-channel model. Weights are random unless ``--ckpt`` is given
+(speed does not depend on them); the model config is the bundle's ``train.json`` default (or the checkpoint's).
 
     python tools/bench_speed.py --shapes 256x256x128,512x512x300 [--ckpt model.pt] [--device cpu]
         [--model_overrides '{"up_mode": "deconv", "out_kernel_size": 3}']
 
 ``--model_overrides`` (a JSON object) replaces keys of the model config (random weights only), e.g. to time another
-decoder than the bundle default. ``--repeats N`` (N > 1) runs the model stage and the reference N times in all on the
-same preprocessed scan and adds ``model_s_min``, ``reference_model_s_min`` and ``ratio_vs_reference_min`` (the best
-of N, less sensitive to a busy machine and to the first call's set-up costs); the other keys are the first run's.
+decoder than the bundle default. ``--repeats N`` (N > 1) runs the model stage and the references N times in all on the
+same preprocessed scan, taking turns (model, reference, reference with the model's channels, then again), so that a
+burst of load on a shared machine slows both sides of a ratio rather than one; it adds ``model_s_min``,
+``reference_model_s_min`` and ``ratio_vs_reference_min`` (the best of N, less sensitive to a busy machine and to the
+first call's set-up costs), ``ratio_vs_reference_median`` (the median of the N - 1 ratios of runs taken side by side)
+and the same for the same-channels reference; the other keys are the first run's.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import resource
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import nibabel as nib
@@ -60,38 +67,75 @@ def _network_and_calibration(ckpt: str | None, overrides: dict | None = None):
     return SimSID(**cfg), cal, cfg, pre
 
 
-def _reference_seconds(predictor, path: str, cfg: dict, args) -> list[float]:
-    """Seconds (``args.repeats`` runs) of a plain MONAI AutoEncoder with SimSID's encoder widths, slid over the same
-    preprocessed scan."""
-    from monai.inferers import sliding_window_inference
+def _reference_nets(cfg: dict, device: str = "cpu") -> dict[str, tuple[int, torch.nn.Module]]:
+    """The plain MONAI AutoEncoders the model stage is compared with, as ``{name: (in_channels, network)}``.
+
+    ``"reference"`` takes one input channel (the definition of ``ratio_vs_reference``); when the model takes
+    ``c > 1`` channels, ``"reference_same_channels"`` takes ``c`` (like for like). Both have SimSID's encoder widths
+    and stride 2 per level; their weights are seeded (speed does not depend on them)."""
     from monai.networks.nets import AutoEncoder
 
-    c = int(cfg.get("in_channels", 1))  # the same input channels (HU windows) as the model
-    ref = AutoEncoder(spatial_dims=3, in_channels=c, out_channels=c, channels=tuple(cfg["channels"]),
-                      strides=(2,) * len(cfg["channels"])).to(args.device).eval()
+    c = int(cfg.get("in_channels", 1))
+    nets = {}
+    for name, ch in [("reference", 1), ("reference_same_channels", c)][: 1 if c == 1 else 2]:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            net = AutoEncoder(spatial_dims=3, in_channels=ch, out_channels=ch, channels=tuple(cfg["channels"]),
+                              strides=(2,) * len(cfg["channels"]))
+        nets[name] = (ch, net.to(device).eval())
+    return nets
+
+
+def _reference_runs(predictor, path: str, cfg: dict, args) -> dict[str, Callable[[], object]]:
+    """One call per reference network: slides it over the same preprocessed scan as the model (the one-channel
+    reference over its first channel; speed does not depend on which)."""
+    from monai.inferers import sliding_window_inference
+
     data = predictor.preprocessing({"image": path})
     x = torch.as_tensor(data["image"])[None].float()
-    times = []
-    for _ in range(args.repeats):
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            sliding_window_inference(x, cfg["roi_size"], args.sw_batch_size, ref, overlap=args.overlap, mode="gaussian",
-                                     sw_device=args.device, device="cpu")
-        times.append(time.perf_counter() - t0)
-    return times
+
+    def run(net: torch.nn.Module, xi: torch.Tensor) -> Callable[[], object]:
+        def call():
+            with torch.no_grad():
+                return sliding_window_inference(xi, cfg["roi_size"], args.sw_batch_size, net, overlap=args.overlap,
+                                                mode="gaussian", sw_device=args.device, device="cpu")
+
+        return call
+
+    return {name: run(net, x[:, :ch]) for name, (ch, net) in _reference_nets(cfg, args.device).items()}
 
 
-def _model_seconds(predictor, path: str, repeats: int) -> list[float]:
-    """Seconds of ``repeats`` runs of the predictor's model stage (inferer + network) on the preprocessed scan."""
+def _model_run(predictor, path: str) -> Callable[[], object]:
+    """One call of the predictor's model stage (inferer + network) on the preprocessed scan."""
     prepared = predictor.prepare({"image": path})  # as in AnomalyPredictor.predict_prepared
     x = prepared["image"][None].float().to(predictor.device)
     body = prepared["body"][None].to(predictor.device)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        predictor.inferer(x, predictor.network, body)
-        times.append(time.perf_counter() - t0)
+    return lambda: predictor.inferer(x, predictor.network, body)
+
+
+def _interleaved_seconds(calls: dict[str, Callable[[], object]], rounds: int,
+                         clock: Callable[[], float] = time.perf_counter) -> dict[str, list[float]]:
+    """Seconds per call over ``rounds`` rounds, the calls taking turns within each round (not one block per call),
+    so that a change in the machine's load between rounds affects every call alike."""
+    times: dict[str, list[float]] = {k: [] for k in calls}
+    for _ in range(rounds):
+        for k, call in calls.items():
+            t0 = clock()
+            call()
+            times[k].append(clock() - t0)
     return times
+
+
+def _ratio_keys(model_first: float, model_more: list[float], ref_times: list[float], prefix: str, ratio: str) -> dict:
+    """``{prefix}_s``/``{ratio}`` of the first runs and, with repeats, the best-of-N and paired-median figures.
+    ``ref_times[0]`` pairs with ``model_first``, ``ref_times[1:]`` with ``model_more`` (taken side by side)."""
+    out = {f"{prefix}_s": round(ref_times[0], 3), ratio: round(model_first / max(ref_times[0], 1e-9), 2)}
+    if model_more:
+        best = min(model_first, *model_more)
+        out[f"{prefix}_s_min"] = round(min(ref_times), 3)
+        out[f"{ratio}_min"] = round(best / max(min(ref_times), 1e-9), 2)
+        out[f"{ratio}_median"] = round(float(np.median([m / max(r, 1e-9) for m, r in zip(model_more, ref_times[1:])])), 2)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,27 +188,31 @@ def main(argv: list[str] | None = None) -> int:
             predictor.write(pred, Path(tmp) / "out")
             write_s = time.perf_counter() - t1
             total = load_s + sum(pred.timings.values()) + write_s
-            ref_times = _reference_seconds(predictor, str(path), cfg, args)
-            ref_s = ref_times[0]
-            results["shapes"][shape_s] = {
+            refs = _reference_runs(predictor, str(path), cfg, args)
+            ref_times = _interleaved_seconds(refs, 1)  # the references' first runs (the model's is in predict)
+            model_more: list[float] = []
+            if args.repeats > 1:
+                more = _interleaved_seconds({"model": _model_run(predictor, str(path)), **refs}, args.repeats - 1)
+                model_more = more.pop("model")
+                ref_times = {k: ref_times[k] + more[k] for k in ref_times}
+            model_s = pred.timings["model_s"]
+            row = {
                 "load_s": round(load_s, 2),
                 "preprocess_s (includes a second load)": round(pred.timings["preprocess_s"], 2),
-                "model_s": round(pred.timings["model_s"], 2),
+                "model_s": round(model_s, 3),
                 "postprocess_s": round(pred.timings["postprocess_s"], 2),
                 "write_s": round(write_s, 2),
                 "total_s": round(total, 2),
                 "voxels_per_s": round(float(np.prod(shape)) / total),
                 "peak_rss_mib": round(_peak_rss_mib()),
-                "reference_model_s": round(ref_s, 2),
-                "ratio_vs_reference": round(pred.timings["model_s"] / max(ref_s, 1e-9), 2),
             }
-            if args.repeats > 1:
-                model_min = min([pred.timings["model_s"], *_model_seconds(predictor, str(path), args.repeats - 1)])
-                results["shapes"][shape_s].update({
-                    "model_s_min": round(model_min, 3),
-                    "reference_model_s_min": round(min(ref_times), 3),
-                    "ratio_vs_reference_min": round(model_min / max(min(ref_times), 1e-9), 2),
-                })
+            if model_more:
+                row["model_s_min"] = round(min(model_s, *model_more), 3)
+            row.update(_ratio_keys(model_s, model_more, ref_times["reference"], "reference_model", "ratio_vs_reference"))
+            if "reference_same_channels" in ref_times:
+                row.update(_ratio_keys(model_s, model_more, ref_times["reference_same_channels"],
+                                       "reference_same_channels", "ratio_vs_reference_same_channels"))
+            results["shapes"][shape_s] = row
             print(json.dumps({shape_s: results["shapes"][shape_s]}), file=sys.stderr, flush=True)
     print(json.dumps(results, indent=2))
     return 0
