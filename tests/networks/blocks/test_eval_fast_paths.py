@@ -10,7 +10,7 @@ import torch.nn as nn
 
 import monai_simsid.networks.blocks.convolutions as convolutions
 from monai_simsid.networks.blocks.convolutions import ConvDecoder, ConvEncoder
-from monai_simsid.networks.blocks.memory import MemoryBlock, SpaceAwareMemory
+from monai_simsid.networks.blocks.memory import MemoryBlock, SpaceAwareMemory, _grouped_topk
 from monai_simsid.networks.nets import SimSID
 
 torch.set_num_threads(1)
@@ -140,3 +140,65 @@ def test_simsid_eval_fast_paths_match_reference(spatial_dims):
     assert torch.allclose(out.anomaly_map, amap, atol=1e-5)
     assert torch.allclose(out.score, amap.flatten(1).mean(1), atol=1e-5)
     net.load_state_dict(state)  # the state dict is unchanged (checkpoints load)
+
+
+@pytest.mark.parametrize("shape,k", [((3, 7, 200), 5), ((4, 40), 5), ((2, 5, 60), 3), ((6, 200), 1), ((5, 30), 4), ((3, 12), 5)])
+def test_grouped_topk_equals_topk(shape, k):
+    torch.manual_seed(0)
+    logits = torch.randn(*shape)
+    logits[0] *= 1e-3  # clustered values (a trained memory's similarities are not spread like random ones)
+    vals, idx = _grouped_topk(logits, k)
+    ref_vals, ref_idx = logits.topk(k, dim=-1)
+    assert torch.equal(vals, ref_vals) and torch.equal(idx, ref_idx)
+
+
+def _tie_cases() -> list[torch.Tensor]:
+    """Rows of 40 slots (k = 5: 8 strided groups, slot j in group j % 8) where the fast selection could pick
+    another of equal values than torch.topk."""
+    base = torch.linspace(-1.0, 0.0, 40)[torch.randperm(40, generator=torch.Generator().manual_seed(0))]
+    cases = []
+    row = base.clone()  # the 5th value equals a slot in a group left out of the candidates
+    row[[0, 1, 2, 3]] = torch.tensor([9.0, 8.0, 7.0, 6.0])
+    row[[12, 13]] = 5.0
+    cases.append(row)
+    row = base.clone()  # the 5th value equals another candidate
+    row[[0, 1, 2, 3, 4]] = torch.tensor([9.0, 8.0, 7.0, 6.0, 5.0])
+    row[8] = 5.0
+    cases.append(row)
+    row = base.clone()  # equal values inside the top 5
+    row[[0, 1, 2, 3, 4]] = torch.tensor([9.0, 9.0, 7.0, 9.0, 5.0])
+    cases.append(row)
+    cases.append(torch.zeros(40))  # a zero query: every cosine similarity is 0
+    row = base.clone()
+    row[17] = float("nan")
+    cases.append(row)
+    return cases
+
+
+@pytest.mark.parametrize("case", range(5))
+def test_grouped_topk_falls_back_on_ties(case, monkeypatch):
+    import monai_simsid.networks.blocks.memory as memory
+
+    logits = torch.stack([_tie_cases()[case], torch.randn(40)])
+    calls = []
+    real_topk = torch.Tensor.topk
+    monkeypatch.setattr(torch.Tensor, "topk", lambda t, *a, **kw: calls.append(t.shape[-1]) or real_topk(t, *a, **kw))
+    vals, idx = memory._grouped_topk(logits, 5)
+    assert calls[-1] == 40, "ties must be resolved by torch.topk over all the slots"
+    ref_vals, ref_idx = real_topk(logits, 5, dim=-1)
+    assert torch.equal(idx, ref_idx)
+    assert torch.equal(vals[0].nan_to_num(), ref_vals[0].nan_to_num())
+
+
+def test_grouped_topk_takes_the_fast_path_without_ties(monkeypatch):
+    import monai_simsid.networks.blocks.memory as memory
+
+    torch.manual_seed(0)
+    logits = torch.randn(16, 200)
+    calls = []
+    real_topk = torch.Tensor.topk
+    monkeypatch.setattr(torch.Tensor, "topk", lambda t, *a, **kw: calls.append(t.shape[-1]) or real_topk(t, *a, **kw))
+    vals, idx = memory._grouped_topk(logits, 5)
+    assert calls == [40, 25]  # the group maxima, then the candidates: never all 200 slots
+    ref_vals, ref_idx = real_topk(logits, 5, dim=-1)
+    assert torch.equal(vals, ref_vals) and torch.equal(idx, ref_idx)
