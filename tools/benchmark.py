@@ -23,8 +23,8 @@ Parts (each method runs on the same data, in the file's voxel grid reoriented to
   step; in practice nearly the whole crop).
 - **Normal scans** (sample level): the scan score (mean of the top 0.1% of the map inside the lung region) of each
   normal chest scan (``normal/chest_*``) and of lung2, and the sample AUROC (normals vs lung2). A method fitted on
-  normal scans (``local_zscore``) is fitted leave-one-out when scoring a normal scan, on all of them for lung2 and
-  for the LIDC crops.
+  normal scans (``local_zscore``, ``descriptor_knn``) is fitted leave-one-out when scoring a normal scan, on all of
+  them for lung2 and for the LIDC crops.
 
 Adding a method
 ---------------
@@ -62,6 +62,7 @@ try:
 except ImportError:  # running from a checkout without the package installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from monai_simsid.apps.rules import LocalZScoreRule, crop_lung_region_mask, intensity_rule_map, lung_region_mask
+from monai_simsid.apps.descriptor_knn import DescriptorKNN
 from monai_simsid.export.report import to_jsonable
 from monai_simsid.metrics import compute_best_dice, compute_sample_auroc, compute_voxel_ap, compute_voxel_auroc
 from monai_simsid.transforms.body.array import compute_body_mask
@@ -172,10 +173,27 @@ def _local_zscore(ctx: BenchmarkContext) -> MapFn:
     return fn
 
 
+def _descriptor_knn(ctx: BenchmarkContext) -> MapFn:
+    key = ("descriptor_knn", tuple(str(p) for p in ctx.training_paths))
+    if key not in ctx.cache:
+        data = ctx.training_data()
+        if not data:
+            raise ValueError("descriptor_knn needs at least one normal training scan.")
+        imgs, lungs, sps = zip(*data)
+        ctx.cache[key] = DescriptorKNN().fit(list(imgs), list(lungs), list(sps))
+    knn = ctx.cache[key]
+
+    def fn(path, image_hu, affine, spacing):
+        return knn(image_hu, ctx.lung_mask(image_hu, spacing), spacing)
+
+    return fn
+
+
 #: method name -> factory ``(BenchmarkContext) -> MapFn``.
 METHODS: dict[str, Callable[[BenchmarkContext], MapFn]] = {
     "intensity_rule": _intensity_rule,
     "local_zscore": _local_zscore,
+    "descriptor_knn": _descriptor_knn,
 }
 
 

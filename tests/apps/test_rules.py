@@ -136,7 +136,7 @@ def test_benchmark_helpers_and_model_method():
     score[1, 1, 1] = score[2, 2, 2] = 1.0  # two tied top voxels, one on the lesion
     assert bench.top_voxel_hit(score, lesion) == pytest.approx(0.5)
     assert bench.scan_score(score, np.ones_like(lesion)) == pytest.approx(1.0)
-    assert set(bench.METHODS) >= {"intensity_rule", "local_zscore"}
+    assert set(bench.METHODS) >= {"intensity_rule", "local_zscore", "descriptor_knn"}
     factory = bench.resolve_method("model:simsid_ct:/tmp/no_such_ckpt.pt")
     fn = factory(bench.BenchmarkContext(Path("."), []))
     with pytest.raises(Exception, match="no_such_ckpt.pt"):  # a missing checkpoint is a clear error

@@ -1,0 +1,192 @@
+"""Normative multi-scale descriptor memory: kNN distance of each voxel's local appearance to normal scans.
+
+Every voxel is described by its HU smoothed with Gaussians of several widths in mm (by default 1.5, 3, 5, 8 and
+12 mm): a small vector that says how dense the voxel is and how far that density extends, which separates a compact
+nodule (dense at every scale up to its size) from a vessel (dense only at the finest scales) and from parenchyma.
+:class:`DescriptorKNN` stores a random sample of these descriptors from the lung regions of normal scans (a memory
+bank, in the spirit of PatchCore, but of fixed physical descriptors rather than learned features, so it needs no
+training and is stable across scanners) and scores a voxel by the mean distance to its ``k`` nearest normal
+descriptors, each feature divided by its spread over the normal bank. Everything it stores comes from normal scans.
+
+Arrays are spatial ``(X, Y, Z)`` numpy arrays in Hounsfield units; spacings in mm. Scales are in mm, so a scan with
+5 mm slices and one with 1 mm slices are described alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+from scipy.spatial import cKDTree
+
+from monai_simsid.apps.rules import _bbox, _check_mask, _check_spacing, _check_volume
+
+__all__ = ["DescriptorKNN", "multiscale_descriptors"]
+
+DEFAULT_SCALES_MM = (1.5, 3.0, 5.0, 8.0, 12.0)
+HU_RANGE = (-1000.0, 400.0)  # bone and metal above 400 HU would dominate every smoothed value
+
+
+def _check_scales(scales_mm: Sequence[float]) -> tuple[float, ...]:
+    scales = tuple(float(s) for s in scales_mm)
+    if not scales or not all(np.isfinite(s) and s > 0 for s in scales):
+        raise ValueError(f"scales_mm must be one or more positive values (mm), got {scales_mm}.")
+    return scales
+
+
+def multiscale_descriptors(
+    image_hu: Any, spacing: Sequence[float], mask: Any = None, scales_mm: Sequence[float] = DEFAULT_SCALES_MM
+) -> np.ndarray:
+    """Gaussian-smoothed HU at each scale, for the voxels of ``mask``.
+
+    HU is clipped to ``[-1000, 400]`` first. Smoothing runs on the mask's bounding box grown by three widths of the
+    largest scale (edge values repeated beyond the array), so the result does not depend on what lies far away.
+
+    Args:
+        image_hu: CT ``(X, Y, Z)`` in HU.
+        spacing: voxel size in mm per axis.
+        mask: voxels to describe (default: all).
+        scales_mm: Gaussian standard deviations in mm.
+
+    Returns:
+        float32 array ``(n_mask_voxels, len(scales_mm))`` in the mask's C order.
+
+    Raises:
+        ValueError: on a non-3D image, bad spacing, a mismatching mask or bad scales.
+    """
+    img = _check_volume(image_hu)
+    sp = _check_spacing(spacing)
+    scales = _check_scales(scales_mm)
+    mask = np.ones(img.shape, dtype=bool) if mask is None else _check_mask(mask, img.shape, "mask")
+    out = np.zeros((int(mask.sum()), len(scales)), dtype=np.float32)
+    if not out.shape[0]:
+        return out
+    box = _bbox(mask, np.ceil(3.0 * max(scales) / sp).astype(int) + 1)
+    sub = np.clip(img[box].astype(np.float32), *HU_RANGE)
+    inner = mask[box]
+    for i, s in enumerate(scales):
+        out[:, i] = ndimage.gaussian_filter(sub, sigma=s / sp, mode="nearest")[inner]
+    return out
+
+
+class DescriptorKNN:
+    """kNN distance of multi-scale HU descriptors to a memory bank of normal descriptors.
+
+    Args:
+        scales_mm: Gaussian widths of the descriptor (see :func:`multiscale_descriptors`).
+        k: neighbours averaged in the score (>= 1).
+        bank_size: descriptors kept from the normal scans (a uniform random sample of their pooled mask voxels).
+        seed: seed of that sample.
+
+    Example::
+
+        knn = DescriptorKNN().fit(normal_images, normal_lung_masks, spacings)
+        score = knn(image_hu, lung_region_mask(image_hu, spacing), spacing)
+    """
+
+    def __init__(
+        self, scales_mm: Sequence[float] = DEFAULT_SCALES_MM, k: int = 10, bank_size: int = 120_000, seed: int = 0
+    ) -> None:
+        self.scales_mm = _check_scales(scales_mm)
+        if int(k) < 1:
+            raise ValueError(f"k must be >= 1, got {k}.")
+        if int(bank_size) < 1:
+            raise ValueError(f"bank_size must be >= 1, got {bank_size}.")
+        self.k, self.bank_size, self.seed = int(k), int(bank_size), int(seed)
+        self.bank: np.ndarray | None = None  # (n, len(scales)) descriptors divided by ``scale``
+        self.scale: np.ndarray | None = None  # per-feature standard deviation over the normal descriptors
+        self._tree: cKDTree | None = None
+
+    @property
+    def is_fitted(self) -> bool:
+        """Whether the bank is set."""
+        return self.bank is not None
+
+    def fit(
+        self, normal_images_hu: Sequence[Any], normal_masks: Sequence[Any], spacings: Sequence[Sequence[float]]
+    ) -> DescriptorKNN:
+        """Build the bank from the mask voxels of normal scans.
+
+        Args:
+            normal_images_hu: normal CT volumes ``(X, Y, Z)`` in HU.
+            normal_masks: the region of each to sample (e.g. its lung region).
+            spacings: their voxel sizes in mm.
+
+        Returns:
+            ``self``.
+
+        Raises:
+            ValueError: on empty or mismatching inputs, or masks with fewer than ``k`` voxels in all.
+        """
+        if not (len(normal_images_hu) == len(normal_masks) == len(spacings)) or len(normal_images_hu) == 0:
+            raise ValueError(
+                "normal_images_hu, normal_masks and spacings must be non-empty and of the same length, got "
+                f"{len(normal_images_hu)}, {len(normal_masks)} and {len(spacings)}."
+            )
+        feats = np.concatenate(
+            [multiscale_descriptors(i, s, m, self.scales_mm) for i, m, s in zip(normal_images_hu, normal_masks, spacings)]
+        )
+        if feats.shape[0] < self.k:
+            raise ValueError(f"the normal masks hold {feats.shape[0]} voxels; at least k={self.k} are needed.")
+        rng = np.random.default_rng(self.seed)
+        if feats.shape[0] > self.bank_size:
+            feats = feats[np.sort(rng.choice(feats.shape[0], self.bank_size, replace=False))]
+        scale = np.maximum(feats.astype(np.float64).std(axis=0), 1e-3)
+        self._set(feats / scale, scale)
+        return self
+
+    def _set(self, bank: np.ndarray, scale: np.ndarray) -> None:
+        self.bank = np.ascontiguousarray(bank, dtype=np.float32)
+        self.scale = np.asarray(scale, dtype=np.float64)
+        self._tree = cKDTree(self.bank)
+
+    def __call__(self, image_hu: Any, mask: Any, spacing: Sequence[float], chunk: int = 1_000_000) -> np.ndarray:
+        """Mean distance to the ``k`` nearest normal descriptors inside ``mask``, 0 outside (float32, image shape).
+
+        Raises:
+            RuntimeError: if not fitted.
+            ValueError: on mismatching shapes or bad spacing.
+        """
+        if not self.is_fitted:
+            raise RuntimeError("DescriptorKNN is not fitted: call fit() or from_dict() first.")
+        img = _check_volume(image_hu)
+        mask = _check_mask(mask, img.shape, "mask")
+        out = np.zeros(img.shape, dtype=np.float32)
+        feats = multiscale_descriptors(img, spacing, mask, self.scales_mm) / self.scale.astype(np.float32)
+        scores = np.empty(feats.shape[0], dtype=np.float32)
+        for start in range(0, feats.shape[0], chunk):
+            dist, _ = self._tree.query(feats[start : start + chunk], k=self.k, workers=-1)
+            scores[start : start + chunk] = np.asarray(dist, dtype=np.float64).reshape(len(dist), -1).mean(axis=1)
+        out[mask] = scores
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        """State: the settings, the per-feature ``scale`` and the (scaled) ``bank`` as numpy arrays."""
+        return {
+            "scales_mm": list(self.scales_mm),
+            "k": self.k,
+            "bank_size": self.bank_size,
+            "seed": self.seed,
+            "scale": None if self.scale is None else self.scale.copy(),
+            "bank": None if self.bank is None else self.bank.copy(),
+        }
+
+    @classmethod
+    def from_dict(cls, state: Mapping[str, Any]) -> DescriptorKNN:
+        """Rebuild a fitted memory from :meth:`state_dict`.
+
+        Raises:
+            ValueError: when a key is missing, or the bank and scale do not match the scales.
+        """
+        missing = [key for key in ("scales_mm", "k", "scale", "bank") if state.get(key) is None]
+        if missing:
+            raise ValueError(f"state is missing the keys {missing}.")
+        out = cls(state["scales_mm"], k=state["k"], bank_size=state.get("bank_size", 120_000), seed=state.get("seed", 0))
+        bank, scale = np.asarray(state["bank"], dtype=np.float32), np.asarray(state["scale"], dtype=np.float64)
+        n = len(out.scales_mm)
+        if bank.ndim != 2 or bank.shape[1] != n or scale.shape != (n,) or bank.shape[0] < out.k or np.any(scale <= 0):
+            raise ValueError(f"bank {bank.shape} and scale {scale.shape} do not fit {n} scales and k={out.k}.")
+        out._set(bank, scale)
+        return out
