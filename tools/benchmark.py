@@ -157,36 +157,30 @@ def _intensity_rule(ctx: BenchmarkContext) -> MapFn:
     return fn
 
 
-def _local_zscore(ctx: BenchmarkContext) -> MapFn:
-    key = ("local_zscore", tuple(str(p) for p in ctx.training_paths))
-    if key not in ctx.cache:
-        data = ctx.training_data()
-        if not data:
-            raise ValueError("local_zscore needs at least one normal training scan.")
-        imgs, lungs, sps = zip(*data)
-        ctx.cache[key] = LocalZScoreRule().fit(list(imgs), list(lungs), list(sps), window_mm=5.0).state_dict()
-    rule = LocalZScoreRule.from_dict(ctx.cache[key])
+def _fitted_on_normals(name: str, fit: Callable[[list, list, list], Callable]) -> Callable[[BenchmarkContext], MapFn]:
+    """Factory of a method fitted on the context's normal scans (``fit(images, lung_regions, spacings)`` returns
+    ``scorer(image_hu, lung_region, spacing)``), fitted once per set of training scans and scored in the lung region."""
 
-    def fn(path, image_hu, affine, spacing):
-        return rule(image_hu, ctx.lung_mask(image_hu, spacing), spacing)
+    def factory(ctx: BenchmarkContext) -> MapFn:
+        key = (name, tuple(str(p) for p in ctx.training_paths))
+        if key not in ctx.cache:
+            data = ctx.training_data()
+            if not data:
+                raise ValueError(f"{name} needs at least one normal training scan.")
+            imgs, lungs, sps = zip(*data)
+            ctx.cache[key] = fit(list(imgs), list(lungs), list(sps))
+        scorer = ctx.cache[key]
 
-    return fn
+        def fn(path, image_hu, affine, spacing):
+            return scorer(image_hu, ctx.lung_mask(image_hu, spacing), spacing)
+
+        return fn
+
+    return factory
 
 
-def _descriptor_knn(ctx: BenchmarkContext) -> MapFn:
-    key = ("descriptor_knn", tuple(str(p) for p in ctx.training_paths))
-    if key not in ctx.cache:
-        data = ctx.training_data()
-        if not data:
-            raise ValueError("descriptor_knn needs at least one normal training scan.")
-        imgs, lungs, sps = zip(*data)
-        ctx.cache[key] = DescriptorKNN().fit(list(imgs), list(lungs), list(sps))
-    knn = ctx.cache[key]
-
-    def fn(path, image_hu, affine, spacing):
-        return knn(image_hu, ctx.lung_mask(image_hu, spacing), spacing)
-
-    return fn
+_local_zscore = _fitted_on_normals("local_zscore", lambda i, m, s: LocalZScoreRule().fit(i, m, s, window_mm=5.0))
+_descriptor_knn = _fitted_on_normals("descriptor_knn", lambda i, m, s: DescriptorKNN().fit(i, m, s))
 
 
 #: method name -> factory ``(BenchmarkContext) -> MapFn``.
