@@ -41,23 +41,6 @@ _ELEMENTWISE_ACTS = (
 )
 #: memory format of the eval-mode CPU encoder per spatial_dims (see :meth:`ConvEncoder.forward`)
 _EVAL_CPU_FORMAT = {2: torch.channels_last, 3: torch.channels_last_3d}
-_FOLD_ENCODER = True
-
-
-def _fold_conv_bn(conv: nn.Module, norm_layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """``(weight, bias)`` of ``conv`` with an eval-mode batch norm ``norm_layer`` folded in (None: not possible)."""
-    if not isinstance(norm_layer, nn.modules.batchnorm._BatchNorm) or norm_layer.training:
-        return None
-    if norm_layer.running_mean is None or norm_layer.running_var is None:
-        return None
-    scale = torch.rsqrt(norm_layer.running_var + norm_layer.eps)
-    if norm_layer.weight is not None:
-        scale = scale * norm_layer.weight
-    shift = -norm_layer.running_mean * scale
-    if norm_layer.bias is not None:
-        shift = shift + norm_layer.bias
-    bias = shift if conv.bias is None else conv.bias * scale + shift
-    return conv.weight * scale.reshape(-1, *([1] * (conv.weight.dim() - 1))), bias
 #: voxels per chunk of the eval-mode fused decoder tail (its buffers then stay small, cache-resident)
 _TAIL_CHUNK = 8192
 
@@ -199,28 +182,19 @@ class ConvEncoder(nn.Module):
     def _eval_level(level: nn.Sequential, x: torch.Tensor, fmt: torch.memory_format, first: bool) -> torch.Tensor:
         """One level in eval mode on CPU, in the ``fmt`` (channels-last) memory format.
 
-        Each ``conv -> batch norm -> element-wise act`` runs as one conv with the norm folded into its weight and bias,
-        then the activation in place (the same values up to float rounding). The first conv of the first level reads
-        the few-channel input as it is, and its down-sampled output is converted to ``fmt``: about 1.4x faster than
-        converting the input, with the same values.
+        The first conv of the first level reads the few-channel input as it is, and its down-sampled output is
+        converted to ``fmt``: about 1.4x faster than converting the input, with the same values.
         """
-        for j in range(0, len(level) - 2, 3):
-            conv, norm_layer, act_layer = level[j], level[j + 1], level[j + 2]
-            folded = _fold_conv_bn(conv, norm_layer) if isinstance(conv, nn.modules.conv._ConvNd) else None
-            if not _FOLD_ENCODER or folded is None or not isinstance(act_layer, _ELEMENTWISE_ACTS):
-                x = act_layer(norm_layer(conv(x)))
-            else:
-                x = _act_(act_layer, conv._conv_forward(x, *folded))
-            if first and j == 0:
-                x = x.contiguous(memory_format=fmt)
-        return x
+        if first:
+            return level[1:](level[0](x).contiguous(memory_format=fmt))
+        return level(x)
 
     def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor | list[torch.Tensor]:
         """Encode ``x``; return the bottleneck, or the list of all level outputs if ``return_features``.
 
         In eval mode on CPU (2D/3D, not tracing) the levels run in the channels-last memory format, for which oneDNN
-        has much faster few-channel convolutions, with eval batch norms folded into the convs (see
-        :meth:`_eval_level`); the outputs are returned contiguous (the same values up to float rounding).
+        has much faster few-channel convolutions (see :meth:`_eval_level`); the outputs are returned contiguous (the
+        same values up to float rounding).
         """
         fmt = _EVAL_CPU_FORMAT.get(self.spatial_dims)
         channels_last = (
