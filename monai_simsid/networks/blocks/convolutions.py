@@ -7,6 +7,7 @@ reconstruction.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 
@@ -42,6 +43,33 @@ _ELEMENTWISE_ACTS = (
 _EVAL_CPU_FORMAT = {2: torch.channels_last, 3: torch.channels_last_3d}
 #: voxels per chunk of the eval-mode fused decoder tail (its buffers then stay small, cache-resident)
 _TAIL_CHUNK = 8192
+
+
+@functools.lru_cache(maxsize=8)
+def _shuffle_index(size: tuple[int, ...], strides: tuple[int, ...], out_channels: int, rows: int) -> torch.Tensor:
+    """Source positions of the voxel shuffles of :meth:`ConvDecoder._folded_tail` for one batch element (CPU, int64).
+
+    The chunk loop writes a batch element as consecutive chunks of ``rows`` slabs along the first axis of ``size``
+    (the last chunk may be shorter), each chunk ``(out_channels, sub-voxels of the last .. first level, voxels of the
+    chunk)``. Entry ``j`` of the result is the position there of the value that the shuffles (``pixelshuffle`` by each
+    of ``strides``, first to last, of the ``(out_channels * sub-voxels, *size)`` map) move to position ``j`` of the
+    flattened ``(out_channels, *full-resolution size)`` output. It is built by running those very shuffles on the
+    positions themselves.
+    """
+    d = len(size)
+    expand = math.prod(s**d for s in strides)
+    n = math.prod(size)
+    chunk = rows * math.prod(size[1:])  # voxels per chunk
+    pos = torch.arange(expand * n).view(1, expand, *size)
+    for s in strides:
+        pos = pixelshuffle(pos, d, s)
+    pos = pos.reshape(-1)  # per output voxel: sub-voxel e and voxel v, as e * n + v
+    e, v = pos // n, pos % n
+    first = v // chunk * chunk  # the first voxel of v's chunk
+    width = (first + chunk).clamp(max=n) - first  # voxels in v's chunk
+    base = out_channels * expand * first + e * width + (v - first)
+    channel = torch.arange(out_channels).reshape(-1, 1) * expand * width
+    return (base + channel).reshape(-1).contiguous()
 
 
 def _act_(act: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -150,12 +178,23 @@ class ConvEncoder(nn.Module):
         """Total down-sampling factor per axis (``2 ** len(channels)`` for the default strides)."""
         return math.prod(self.strides)
 
+    @staticmethod
+    def _eval_level(level: nn.Sequential, x: torch.Tensor, fmt: torch.memory_format, first: bool) -> torch.Tensor:
+        """One level in eval mode on CPU, in the ``fmt`` (channels-last) memory format.
+
+        The first conv of the first level reads the few-channel input as it is, and its down-sampled output is
+        converted to ``fmt``: about 1.4x faster than converting the input, with the same values.
+        """
+        if first:
+            return level[1:](level[0](x).contiguous(memory_format=fmt))
+        return level(x)
+
     def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor | list[torch.Tensor]:
         """Encode ``x``; return the bottleneck, or the list of all level outputs if ``return_features``.
 
         In eval mode on CPU (2D/3D, not tracing) the levels run in the channels-last memory format, for which oneDNN
-        has much faster few-channel convolutions; the outputs are returned contiguous (the same values up to float
-        rounding).
+        has much faster few-channel convolutions (see :meth:`_eval_level`); the outputs are returned contiguous (the
+        same values up to float rounding).
         """
         fmt = _EVAL_CPU_FORMAT.get(self.spatial_dims)
         channels_last = (
@@ -164,11 +203,9 @@ class ConvEncoder(nn.Module):
             and x.device.type == "cpu"
             and not (torch.jit.is_tracing() or torch.jit.is_scripting())
         )
-        if channels_last:
-            x = x.contiguous(memory_format=fmt)
         feats = []
-        for level in self.levels:
-            x = level(x)
+        for i, level in enumerate(self.levels):
+            x = self._eval_level(level, x, fmt, first=i == 0) if channels_last else level(x)
             feats.append(x)
         if channels_last:
             feats = [f.contiguous() for f in feats] if return_features else [x.contiguous()]
@@ -355,7 +392,9 @@ class ConvDecoder(nn.Module):
         output at a time, so no full-resolution hidden tensor is ever allocated (allocating and filling those
         dominates the CPU time of the full-resolution levels). The level ``l`` output of a chunk has its columns
         ordered ``(sub-voxel of l, ..., sub-voxel of the first level, voxel)``; the final conv (bias included) maps it
-        to ``out_channels`` rows, and the voxel shuffles of the levels, first to last, then move only those.
+        to ``out_channels`` rows, written in place into a buffer of consecutive chunks, and the voxel shuffles of the
+        levels, first to last, then move only those: as one gather per batch element with a cached index (see
+        :func:`_shuffle_index`), the same values as ``pixelshuffle`` by each stride in turn.
         """
         d = self.spatial_dims
         conv = self.final[0]
@@ -367,7 +406,8 @@ class ConvDecoder(nn.Module):
         slab = math.prod(size[1:])  # voxels per index of the first spatial axis
         expand = math.prod(s**d for s in strides)
         rows = max(1, (_TAIL_CHUNK * strides[0] ** d) // (expand * slab))
-        y = x.new_empty(b, out_c, expand, size[0] * slab)  # (B, out, last .. first sub-voxel, voxel)
+        n = size[0] * slab
+        y = x.new_empty(b, out_c * expand * n)  # chunks of (out, last .. first sub-voxel, voxel of the chunk)
         xs = x.reshape(b, cin, -1)
         for i in range(b):
             for z0 in range(0, size[0], rows):
@@ -375,11 +415,16 @@ class ConvDecoder(nn.Module):
                 h = xs[i, :, cols]
                 for w_up, b_up, act_layer, c, _ in chain:
                     h = _act_(act_layer, torch.addmm(b_up, w_up, h)).view(c, -1)
-                y[i, :, :, cols] = torch.addmm(b_final, w_final, h).view(out_c, expand, -1)
-        y = y.view(b, -1, *size)
-        for s in strides:  # channels (out, last .. first sub-voxel): the first level's sub-voxels are innermost
-            y = pixelshuffle(y, d, s)
-        return self.final[1](y)
+                start, stop = out_c * expand * cols.start, out_c * expand * cols.stop
+                torch.addmm(b_final, w_final, h, out=y[i, start:stop].view(out_c, -1))
+        # the shuffles of the levels, first to last (channels (out, last .. first sub-voxel): the first level's
+        # sub-voxels are innermost), as one gather per batch element with a cached index: the same values as
+        # ``pixelshuffle`` for each stride in turn, about 3x faster than those permuted copies on CPU
+        index = _shuffle_index(tuple(size), tuple(strides), out_c, rows)
+        out = y.new_empty(b, out_c, *(m * math.prod(strides) for m in size))
+        for i in range(b):
+            torch.index_select(y[i], 0, index, out=out[i].view(-1))
+        return self.final[1](out)
 
     @staticmethod
     def _folded_up(conv: nn.Module, norm_layer: nn.Module, sub: int) -> tuple[torch.Tensor, torch.Tensor] | None:

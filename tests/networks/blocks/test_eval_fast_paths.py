@@ -91,6 +91,28 @@ def test_folded_decoder_chain_matches_level_by_level(spatial_dims, norm, monkeyp
     assert torch.allclose(hooked, hooked_ref, atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    "size,strides,out_channels,rows",
+    [((3, 5, 4), (2, 2), 2, 1), ((3, 5, 4), (2, 2), 2, 2), ((5, 3), (2, 3), 3, 2), ((4,), (2, 2, 2), 1, 3), ((2, 2, 2), (2,), 3, 5)],
+)
+def test_shuffle_index_equals_pixelshuffles(size, strides, out_channels, rows):
+    """The cached gather of the folded tail == ``pixelshuffle`` by each stride, from the chunk-major buffer."""
+    from monai.networks.utils import pixelshuffle
+
+    d = len(size)
+    expand = 1
+    for s in strides:
+        expand *= s**d
+    y = torch.randn(out_channels, expand, *size)  # channels (out, last .. first sub-voxel)
+    ref = y.reshape(1, out_channels * expand, *size)
+    for s in strides:
+        ref = pixelshuffle(ref, d, s)
+    # the buffer as the chunk loop writes it: chunks of `rows` slabs, each (out, sub-voxel, voxel of the chunk)
+    buf = torch.cat([y[:, :, z : z + rows].reshape(-1) for z in range(0, size[0], rows)])
+    index = convolutions._shuffle_index(size, strides, out_channels, rows)
+    assert torch.equal(buf[index].reshape(ref.shape), ref)
+
+
 @pytest.mark.parametrize("spatial_dims", [2, 3])
 def test_channels_last_eval_encoder(spatial_dims):
     torch.manual_seed(0)
