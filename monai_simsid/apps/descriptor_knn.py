@@ -14,7 +14,10 @@ Arrays are spatial ``(X, Y, Z)`` numpy arrays in Hounsfield units; spacings in m
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,6 +25,8 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from monai_simsid.apps.rules import _bbox, _check_mask, _check_spacing, _check_volume
+from monai_simsid.utils.atomic import atomic_path
+from monai_simsid.utils.errors import InputError
 
 __all__ = ["DescriptorKNN", "multiscale_descriptors"]
 
@@ -190,3 +195,32 @@ class DescriptorKNN:
             raise ValueError(f"bank {bank.shape} and scale {scale.shape} do not fit {n} scales and k={out.k}.")
         out._set(bank, scale)
         return out
+
+    def save(self, path: str | os.PathLike, **extra: Any) -> Path:
+        """Write the fitted memory (and JSON-serialisable ``extra`` items, e.g. a threshold) to ``.npz``, atomically."""
+        if not self.is_fitted:
+            raise RuntimeError("DescriptorKNN is not fitted: nothing to save.")
+        state = self.state_dict()
+        meta = {k: state[k] for k in ("scales_mm", "k", "bank_size", "seed")} | {"extra": extra}
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to the temporary name
+                np.savez_compressed(f, bank=state["bank"], scale=state["scale"], meta=np.array(json.dumps(meta)))
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> tuple[DescriptorKNN, dict[str, Any]]:
+        """Read a file written by :meth:`save`; returns the memory and its ``extra`` items.
+
+        Raises:
+            InputError: naming the file, when it is missing or not such a file.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(path, "descriptor memory file does not exist")
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                meta = json.loads(str(z["meta"]))
+                knn = cls.from_dict({**meta, "bank": z["bank"], "scale": z["scale"]})
+        except (OSError, ValueError, KeyError) as err:
+            raise InputError(path, f"not a descriptor memory written by DescriptorKNN.save ({err})") from None
+        return knn, dict(meta.get("extra", {}))
