@@ -110,7 +110,7 @@ def _model_run(predictor, path: str) -> Callable[[], object]:
     prepared = predictor.prepare({"image": path})  # as in AnomalyPredictor.predict_prepared
     x = prepared["image"][None].float().to(predictor.device)
     body = prepared["body"][None].to(predictor.device)
-    return lambda: predictor.inferer(x, predictor.network, body)
+    return lambda: predictor.run_model(x, body)
 
 
 def _interleaved_seconds(calls: dict[str, Callable[[], object]], rounds: int,

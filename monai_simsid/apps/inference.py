@@ -265,6 +265,15 @@ class AnomalyPredictor:
         """
         return self.preparer(item)
 
+    def run_model(self, x: torch.Tensor, body: torch.Tensor):
+        """The inferer and network on a preprocessed scan ``x`` ``(1, C, *S)`` with its ``body`` ``(1, 1, *S)``.
+
+        The stitched window-score map is only made when the scan score reads it (not for ``"topk"``).
+        """
+        if self.score_method == "topk" and isinstance(self.inferer, AnomalyInferer):
+            return self.inferer(x, self.network, body, score_map=False)
+        return self.inferer(x, self.network, body)
+
     def predict_prepared(self, prepared: dict, return_image: bool = False) -> CasePrediction | tuple[CasePrediction, np.ndarray]:
         """The model, calibration, resampling to the input grid and post-processing of a :meth:`prepare` result.
 
@@ -273,7 +282,7 @@ class AnomalyPredictor:
         t1 = time.perf_counter()
         x = prepared.pop("image")[None].float().to(self.device)
         body = prepared.pop("body")[None].to(self.device)
-        res = self.inferer(x, self.network, body)
+        res = self.run_model(x, body)
         del x
         t2 = time.perf_counter()
         raw_map = res.anomaly_map[0].cpu()
@@ -282,7 +291,7 @@ class AnomalyPredictor:
             raw_map = self.normative(raw_map, body_ms[0] if self.normative_positions else None)
         topk = self.calibration.get("topk_fraction", 0.001)
         raw_score = scan_score(
-            raw_map, res.score_map[0].cpu(), body_ms, self.score_method, topk, norm=self.calibration.get("score_norm")
+            raw_map, None if res.score_map is None else res.score_map[0].cpu(), body_ms, self.score_method, topk, norm=self.calibration.get("score_norm")
         )
         del res, body
         cal_map = calibrate_map(raw_map, self.calibration) * (body_ms > 0.5)

@@ -19,11 +19,12 @@ class AnomalyInferenceResult(NamedTuple):
 
     Attributes:
         anomaly_map: ``(B, 1, *S)`` voxel anomaly map, Gaussian-blended over overlapping windows.
-        score_map: ``(B, 1, *S)`` each window's scalar score spread over its window and blended the same way.
+        score_map: ``(B, 1, *S)`` each window's scalar score spread over its window and blended the same way; None
+            when the inferer was called with ``score_map=False``.
     """
 
     anomaly_map: torch.Tensor
-    score_map: torch.Tensor
+    score_map: torch.Tensor | None
 
 
 class AnomalyInferer(Inferer):
@@ -73,9 +74,19 @@ class AnomalyInferer(Inferer):
         self.progress = progress
 
     def __call__(  # type: ignore[override]
-        self, inputs: torch.Tensor, network: Any, body: torch.Tensor | None = None, *args: Any, **kwargs: Any
+        self,
+        inputs: torch.Tensor,
+        network: Any,
+        body: torch.Tensor | None = None,
+        *args: Any,
+        score_map: bool = True,
+        **kwargs: Any,
     ) -> AnomalyInferenceResult:
-        """Run on ``inputs`` ``(B, C, *S)``; ``body`` ``(B, 1, *S)`` defines the region frame (whole scan if None)."""
+        """Run on ``inputs`` ``(B, C, *S)``; ``body`` ``(B, 1, *S)`` defines the region frame (whole scan if None).
+
+        With ``score_map=False`` the window scores are not spread and stitched (the result's ``score_map`` is None);
+        the anomaly map is the same.
+        """
         if inputs.ndim != len(self.roi_size) + 2:
             raise ValueError(f"expected inputs (B, C, {len(self.roi_size)} spatial dims), got {tuple(inputs.shape)}.")
         if body is None:
@@ -86,7 +97,7 @@ class AnomalyInferer(Inferer):
         # padded scan; shift the boxes by the same symmetric padding
         pad = [max(r - s, 0) // 2 for r, s in zip(self.roi_size, inputs.shape[2:])]
 
-        def predictor(windows: torch.Tensor, coords: list) -> tuple[torch.Tensor, torch.Tensor]:
+        def predictor(windows: torch.Tensor, coords: list) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
             regions = []
             for c in coords:
                 b = c[0].start
@@ -94,11 +105,13 @@ class AnomalyInferer(Inferer):
                 regions.append(region_index(start, self.roi_size, boxes[b][0], boxes[b][1], self.region_grid))
             region = torch.as_tensor(regions, dtype=torch.long, device=windows.device)
             out = network(windows, region)
+            if not score_map:
+                return out.anomaly_map.float()
             score = out.score.float().reshape(-1, *([1] * (windows.ndim - 1))) * torch.ones_like(out.anomaly_map, dtype=torch.float32)
             return out.anomaly_map.float(), score.float()
 
         with torch.no_grad():
-            amap, smap = sliding_window_inference(
+            stitched = sliding_window_inference(
                 inputs,
                 roi_size=self.roi_size,
                 sw_batch_size=self.sw_batch_size,
@@ -111,4 +124,7 @@ class AnomalyInferer(Inferer):
                 progress=self.progress,
                 with_coord=True,
             )
+        if not score_map:
+            return AnomalyInferenceResult(stitched, None)  # type: ignore[arg-type]
+        amap, smap = stitched
         return AnomalyInferenceResult(amap, smap)

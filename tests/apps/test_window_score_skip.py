@@ -40,3 +40,17 @@ def test_topk_skips_the_discriminator_without_changing_results(ct_file):
 
 def test_window_score_methods_keep_the_discriminator():
     assert _predictor("discriminator").network.window_score is True
+
+
+def test_topk_skips_the_score_map_without_changing_the_anomaly_map():
+    pred = _predictor("topk")
+    torch.manual_seed(1)
+    x = torch.randn(1, 1, 40, 36, 44)
+    body = torch.zeros(1, 1, 40, 36, 44)
+    body[..., 4:36, 4:32, 6:40] = 1
+    fast = pred.run_model(x, body)
+    assert fast.score_map is None  # the topk scan score does not read it: not built, not stitched
+    full = pred.inferer(x, pred.network, body)
+    assert full.score_map is not None and full.score_map.shape == full.anomaly_map.shape
+    assert torch.equal(fast.anomaly_map, full.anomaly_map)
+    assert _predictor("discriminator").run_model(x, body).score_map is not None

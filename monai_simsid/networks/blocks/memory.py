@@ -55,14 +55,18 @@ def _grouped_topk(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Ten
         or torch.jit.is_scripting()
     ):
         return logits.topk(k, dim=-1)
-    gmax = logits.reshape(*lead, k, groups).amax(-2)  # (..., groups): max of slots g, g + groups, ...
-    gval, gidx = gmax.topk(k + 1, dim=-1)  # sorted: gval[..., k] is the largest maximum left out
-    cand = (gidx[..., :k].unsqueeze(-1) + torch.arange(0, m, groups, device=logits.device)).reshape(*lead, k * k)
-    vals, j = logits.gather(-1, cand).topk(k + 1, dim=-1)
+    by_group = logits.reshape(*lead, k, groups)  # [..., r, g] is slot r * groups + g
+    gval, gidx = by_group.amax(-2).topk(k + 1, dim=-1)  # group maxima, sorted: gval[..., k] is the largest left out
+    top = gidx[..., :k]
+    # candidate [..., r, i] is slot r * groups + top[..., i]; with distinct values (checked below) the selection does
+    # not depend on the candidates' order, and only the k winners' slot numbers are computed
+    cand = by_group.gather(-1, top.unsqueeze(-2).expand(*lead, k, k)).reshape(*lead, k * k)
+    vals, j = cand.topk(k + 1, dim=-1)
     distinct = (vals[..., :-1] > vals[..., 1:]).all() and (gval[..., k] < vals[..., k - 1]).all()
     if not bool(distinct):
         return logits.topk(k, dim=-1)
-    return vals[..., :k], cand.gather(-1, j[..., :k])
+    j = j[..., :k]
+    return vals[..., :k], top.gather(-1, j % k) + torch.div(j, k, rounding_mode="floor") * groups
 
 
 def blocks_to_tokens(x: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:

@@ -164,7 +164,7 @@ def test_simsid_eval_fast_paths_match_reference(spatial_dims):
     net.load_state_dict(state)  # the state dict is unchanged (checkpoints load)
 
 
-@pytest.mark.parametrize("shape,k", [((3, 7, 200), 5), ((4, 40), 5), ((2, 5, 60), 3), ((6, 200), 1), ((5, 30), 4), ((3, 12), 5)])
+@pytest.mark.parametrize("shape,k", [((3, 7, 200), 5), ((8, 64, 200), 5), ((4, 50, 42), 3), ((4, 40), 5), ((2, 5, 60), 3), ((6, 200), 1), ((5, 30), 4), ((3, 12), 5)])
 def test_grouped_topk_equals_topk(shape, k):
     torch.manual_seed(0)
     logits = torch.randn(*shape)
