@@ -290,8 +290,9 @@ class AnomalyPredictor:
         if self.normative is not None:
             raw_map = self.normative(raw_map, body_ms[0] if self.normative_positions else None)
         topk = self.calibration.get("topk_fraction", 0.001)
+        window_scores = None if res.score_map is None else res.score_map[0].cpu()
         raw_score = scan_score(
-            raw_map, None if res.score_map is None else res.score_map[0].cpu(), body_ms, self.score_method, topk, norm=self.calibration.get("score_norm")
+            raw_map, window_scores, body_ms, self.score_method, topk, norm=self.calibration.get("score_norm")
         )
         del res, body
         cal_map = calibrate_map(raw_map, self.calibration) * (body_ms > 0.5)
