@@ -28,12 +28,14 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from monai_simsid.apps.descriptor_knn import DescriptorKNN  # noqa: E402
 from monai_simsid.apps.rules import lung_region_mask  # noqa: E402
 from monai_simsid.data.datalist import case_name, load_datalist  # noqa: E402
 from monai_simsid.export.nifti import save_nifti  # noqa: E402
+from monai_simsid.inferers.scoring import topk_mean  # noqa: E402
 from monai_simsid.transforms.io.array import LoadCT  # noqa: E402
 from monai_simsid.utils.atomic import atomic_write_text  # noqa: E402
 from monai_simsid.utils.errors import InputError  # noqa: E402
@@ -112,11 +114,10 @@ def predict(memory: str | Path, images: Sequence[str | Path], output_dir: str | 
     for path in images:
         score, lung, affine, ornt = _score_scan(knn, path)
         calibrated = (score / np.float32(info["unit"])).astype(np.float32)
-        top = np.sort(calibrated[lung])[::-1]
-        n = max(1, int(round(TOP_FRACTION * top.size)))
+        scan = topk_mean(torch.from_numpy(calibrated), torch.from_numpy(lung), TOP_FRACTION, min_k=1)
         name = case_name(path)
         save_nifti(from_canonical(calibrated, ornt), affine, out / f"{name}_descriptor_knn.nii.gz")
-        records.append({"case": name, "image": str(path), "score": float(top[:n].mean())})
+        records.append({"case": name, "image": str(path), "score": scan})
     atomic_write_text(out / "scores.json", json.dumps({"memory": str(memory), **info, "cases": records}, indent=2))
     return records
 
