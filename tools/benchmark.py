@@ -23,8 +23,8 @@ Parts (each method runs on the same data, in the file's voxel grid reoriented to
   step; in practice nearly the whole crop).
 - **Normal scans** (sample level): the scan score (mean of the top 0.1% of the map inside the lung region) of each
   normal chest scan (``normal/chest_*``) and of lung2, and the sample AUROC (normals vs lung2). A method fitted on
-  normal scans (``local_zscore``, ``descriptor_knn``) is fitted leave-one-out when scoring a normal scan, on all of
-  them for lung2 and for the LIDC crops.
+  normal scans (``local_zscore``, ``descriptor_knn``, ``descriptor_knn_depth``) is fitted leave-one-out when scoring
+  a normal scan, on all of them for lung2 and for the LIDC crops.
 
 Adding a method
 ---------------
@@ -181,6 +181,15 @@ def _fitted_on_normals(name: str, fit: Callable[[list, list, list], Callable]) -
 
 _local_zscore = _fitted_on_normals("local_zscore", lambda i, m, s: LocalZScoreRule().fit(i, m, s, window_mm=5.0))
 _descriptor_knn = _fitted_on_normals("descriptor_knn", lambda i, m, s: DescriptorKNN().fit(i, m, s))
+_descriptor_knn_depth_scans = _fitted_on_normals(
+    "descriptor_knn_depth", lambda i, m, s: DescriptorKNN(context="lung_depth").fit(i, m, s)
+)
+
+
+def _descriptor_knn_depth(ctx: BenchmarkContext) -> MapFn:
+    """``descriptor_knn`` with the lung-envelope depth on whole scans; a crop has no envelope, so crops get the plain
+    descriptor (the same maps as ``descriptor_knn``)."""
+    return (_descriptor_knn if ctx.region == "crop" else _descriptor_knn_depth_scans)(ctx)
 
 
 #: method name -> factory ``(BenchmarkContext) -> MapFn``.
@@ -188,6 +197,7 @@ METHODS: dict[str, Callable[[BenchmarkContext], MapFn]] = {
     "intensity_rule": _intensity_rule,
     "local_zscore": _local_zscore,
     "descriptor_knn": _descriptor_knn,
+    "descriptor_knn_depth": _descriptor_knn_depth,
 }
 
 

@@ -8,8 +8,14 @@ bank, in the spirit of PatchCore, but of fixed physical descriptors rather than 
 training and is stable across scanners) and scores a voxel by the mean distance to its ``k`` nearest normal
 descriptors, each feature divided by its spread over the normal bank. Everything it stores comes from normal scans.
 
-Arrays are spatial ``(X, Y, Z)`` numpy arrays in Hounsfield units; spacings in mm. Scales are in mm, so a scan with
-5 mm slices and one with 1 mm slices are described alike.
+With ``context="lung_depth"`` (for whole chest scans) each descriptor also holds the voxel's signed distance to the
+boundary of the closed lung envelope (:func:`lung_envelope_depth`): the same soft tissue is normal in the chest wall
+and the mediastinum just outside the envelope, and abnormal deep inside it (a mass, including one touching the
+pleura, which the envelope's closing takes in). A small VOI inside the lung (e.g. a nodule crop) has no envelope:
+use ``context=None`` there.
+
+Arrays are spatial ``(X, Y, Z)`` numpy arrays in Hounsfield units (axis 2 axial, as the lung region needs);
+spacings in mm. Scales are in mm, so a scan with 5 mm slices and one with 1 mm slices are described alike.
 """
 
 from __future__ import annotations
@@ -24,14 +30,19 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from monai_simsid.apps.rules import _bbox, _check_mask, _check_spacing, _check_volume
+from monai_simsid.apps.rules import _bbox, _check_mask, _check_spacing, _check_volume, lung_region_mask
 from monai_simsid.utils.atomic import atomic_path
 from monai_simsid.utils.errors import InputError
 
-__all__ = ["DescriptorKNN", "multiscale_descriptors"]
+__all__ = ["CONTEXTS", "DescriptorKNN", "lung_envelope_depth", "multiscale_descriptors"]
 
 DEFAULT_SCALES_MM = (1.5, 3.0, 5.0, 8.0, 12.0)
 HU_RANGE = (-1000.0, 400.0)  # bone and metal above 400 HU would dominate every smoothed value
+#: context features a descriptor may carry besides the smoothed HU
+CONTEXTS = (None, "lung_depth")
+#: the signed envelope depth is clipped to this range (mm): beyond 10 mm outside, the lung region ends (it adds 5 mm);
+#: 30 mm inside is deep lung whatever lies deeper
+DEPTH_RANGE_MM = (-10.0, 30.0)
 
 
 def _check_scales(scales_mm: Sequence[float]) -> tuple[float, ...]:
@@ -76,6 +87,42 @@ def multiscale_descriptors(
     return out
 
 
+def lung_envelope_depth(image_hu: Any, spacing: Sequence[float], mask: Any = None) -> np.ndarray:
+    """Signed distance in mm of each ``mask`` voxel to the boundary of the closed lung envelope, clipped to
+    ``DEPTH_RANGE_MM``: positive inside, negative outside.
+
+    The envelope is :func:`~monai_simsid.apps.rules.lung_region_mask` without its final dilation (air inside the
+    body, closed by 20 mm). Distances are computed on the envelope's bounding box grown by the clip range (exact
+    within it); a scan without an envelope gets the outside limit everywhere.
+
+    Args:
+        image_hu: chest CT ``(X, Y, Z)`` in HU, axis 2 axial.
+        spacing: voxel size in mm per axis.
+        mask: voxels to describe (default: all).
+
+    Returns:
+        float32 array ``(n_mask_voxels,)`` in the mask's C order.
+    """
+    img = _check_volume(image_hu)
+    sp = _check_spacing(spacing)
+    mask = np.ones(img.shape, dtype=bool) if mask is None else _check_mask(mask, img.shape, "mask")
+    env = lung_region_mask(img, sp, dilation_mm=0.0)
+    depth = np.full(img.shape, DEPTH_RANGE_MM[0], dtype=np.float32)
+    if env.any():
+        box = _bbox(env, np.ceil(-DEPTH_RANGE_MM[0] / sp).astype(int) + 2)
+        inner = env[box]
+        signed = ndimage.distance_transform_edt(inner, sampling=sp) - ndimage.distance_transform_edt(~inner, sampling=sp)
+        depth[box] = np.clip(signed, *DEPTH_RANGE_MM)
+    return depth[mask]
+
+
+def _descriptors(image_hu: Any, spacing: Sequence[float], mask: Any, scales_mm: Sequence[float], context: str | None) -> np.ndarray:
+    feats = multiscale_descriptors(image_hu, spacing, mask, scales_mm)
+    if context == "lung_depth":
+        feats = np.concatenate([feats, lung_envelope_depth(image_hu, spacing, mask)[:, None]], axis=1)
+    return feats
+
+
 class DescriptorKNN:
     """kNN distance of multi-scale HU descriptors to a memory bank of normal descriptors.
 
@@ -84,6 +131,8 @@ class DescriptorKNN:
         k: neighbours averaged in the score (>= 1).
         bank_size: descriptors kept from the normal scans (a uniform random sample of their pooled mask voxels).
         seed: seed of that sample.
+        context: ``None`` (smoothed HU only) or ``"lung_depth"`` (plus the signed depth in the lung envelope, see
+            :func:`lung_envelope_depth`; for whole chest scans, not for crops inside the lung).
 
     Example::
 
@@ -92,17 +141,30 @@ class DescriptorKNN:
     """
 
     def __init__(
-        self, scales_mm: Sequence[float] = DEFAULT_SCALES_MM, k: int = 10, bank_size: int = 120_000, seed: int = 0
+        self,
+        scales_mm: Sequence[float] = DEFAULT_SCALES_MM,
+        k: int = 10,
+        bank_size: int = 120_000,
+        seed: int = 0,
+        context: str | None = None,
     ) -> None:
         self.scales_mm = _check_scales(scales_mm)
+        if context not in CONTEXTS:
+            raise ValueError(f"context must be one of {CONTEXTS}, got {context!r}.")
+        self.context = context
         if int(k) < 1:
             raise ValueError(f"k must be >= 1, got {k}.")
         if int(bank_size) < 1:
             raise ValueError(f"bank_size must be >= 1, got {bank_size}.")
         self.k, self.bank_size, self.seed = int(k), int(bank_size), int(seed)
-        self.bank: np.ndarray | None = None  # (n, len(scales)) descriptors divided by ``scale``
+        self.bank: np.ndarray | None = None  # (n, num_features) descriptors divided by ``scale``
         self.scale: np.ndarray | None = None  # per-feature standard deviation over the normal descriptors
         self._tree: cKDTree | None = None
+
+    @property
+    def num_features(self) -> int:
+        """Descriptor length: one per scale, plus one for the context."""
+        return len(self.scales_mm) + (self.context is not None)
 
     @property
     def is_fitted(self) -> bool:
@@ -131,7 +193,7 @@ class DescriptorKNN:
                 f"{len(normal_images_hu)}, {len(normal_masks)} and {len(spacings)}."
             )
         feats = np.concatenate(
-            [multiscale_descriptors(i, s, m, self.scales_mm) for i, m, s in zip(normal_images_hu, normal_masks, spacings)]
+            [_descriptors(i, s, m, self.scales_mm, self.context) for i, m, s in zip(normal_images_hu, normal_masks, spacings)]
         )
         if feats.shape[0] < self.k:
             raise ValueError(f"the normal masks hold {feats.shape[0]} voxels; at least k={self.k} are needed.")
@@ -159,7 +221,7 @@ class DescriptorKNN:
         img = _check_volume(image_hu)
         mask = _check_mask(mask, img.shape, "mask")
         out = np.zeros(img.shape, dtype=np.float32)
-        feats = multiscale_descriptors(img, spacing, mask, self.scales_mm) / self.scale.astype(np.float32)
+        feats = _descriptors(img, spacing, mask, self.scales_mm, self.context) / self.scale.astype(np.float32)
         scores = np.empty(feats.shape[0], dtype=np.float32)
         for start in range(0, feats.shape[0], chunk):
             dist, _ = self._tree.query(feats[start : start + chunk], k=self.k, workers=-1)
@@ -174,6 +236,7 @@ class DescriptorKNN:
             "k": self.k,
             "bank_size": self.bank_size,
             "seed": self.seed,
+            "context": self.context,
             "scale": None if self.scale is None else self.scale.copy(),
             "bank": None if self.bank is None else self.bank.copy(),
         }
@@ -188,11 +251,14 @@ class DescriptorKNN:
         missing = [key for key in ("scales_mm", "k", "scale", "bank") if state.get(key) is None]
         if missing:
             raise ValueError(f"state is missing the keys {missing}.")
-        out = cls(state["scales_mm"], k=state["k"], bank_size=state.get("bank_size", 120_000), seed=state.get("seed", 0))
+        out = cls(
+            state["scales_mm"], k=state["k"], bank_size=state.get("bank_size", 120_000), seed=state.get("seed", 0),
+            context=state.get("context"),
+        )
         bank, scale = np.asarray(state["bank"], dtype=np.float32), np.asarray(state["scale"], dtype=np.float64)
-        n = len(out.scales_mm)
+        n = out.num_features
         if bank.ndim != 2 or bank.shape[1] != n or scale.shape != (n,) or bank.shape[0] < out.k or np.any(scale <= 0):
-            raise ValueError(f"bank {bank.shape} and scale {scale.shape} do not fit {n} scales and k={out.k}.")
+            raise ValueError(f"bank {bank.shape} and scale {scale.shape} do not fit {n} features and k={out.k}.")
         out._set(bank, scale)
         return out
 
@@ -201,7 +267,7 @@ class DescriptorKNN:
         if not self.is_fitted:
             raise RuntimeError("DescriptorKNN is not fitted: nothing to save.")
         state = self.state_dict()
-        meta = {k: state[k] for k in ("scales_mm", "k", "bank_size", "seed")} | {"extra": extra}
+        meta = {k: state[k] for k in ("scales_mm", "k", "bank_size", "seed", "context")} | {"extra": extra}
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to the temporary name
                 np.savez_compressed(f, bank=state["bank"], scale=state["scale"], meta=np.array(json.dumps(meta)))

@@ -99,3 +99,79 @@ def test_state_round_trip_and_errors(fitted):
         DescriptorKNN().fit([img], [], [sp])
     with pytest.raises(ValueError, match="shape"):
         knn(img, masks[0][:-1], sp)
+
+
+def _chest(seed: int, mass: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """A 3 mm chest phantom (:func:`conftest.simple_ct` with lung vessels) and, optionally, a soft-tissue mass of
+    radius 15 mm inside the right lung, touching its lateral wall (a juxtapleural mass). Returns image and mass mask."""
+    from conftest import simple_ct
+
+    shape = (64, 64, 48)
+    img = simple_ct(shape, seed=seed)
+    rng = np.random.default_rng(seed)
+    grid = np.stack(np.meshgrid(*[np.arange(n, dtype=float) for n in shape], indexing="ij"), -1)
+    lungs = img < -400
+    for _ in range(8):  # vessels (radius 1 voxel) crossing the lungs
+        point, direction = rng.uniform(10, 50, 3), rng.normal(size=3)
+        direction /= np.linalg.norm(direction)
+        rel = grid - point
+        img[(np.linalg.norm(rel - (rel @ direction)[..., None] * direction, axis=-1) <= 1.0) & lungs] = 40.0
+    centre = np.array([(0.62 + 1) / 2 * 63, 31.5, 23.5])  # the lung spans x in 0.1..0.7 (normalised)
+    blob = (np.linalg.norm(grid - centre, axis=-1) <= 5.0) & lungs if mass else np.zeros(shape, bool)
+    img[blob] = 40.0
+    return img, blob
+
+
+def test_lung_envelope_depth_is_signed_and_exact():
+    from monai_simsid.apps.descriptor_knn import DEPTH_RANGE_MM, lung_envelope_depth
+    from monai_simsid.apps.rules import lung_region_mask
+
+    img, sp = _chest(0)[0], (3.0, 3.0, 3.0)
+    depth = lung_envelope_depth(img, sp).reshape(img.shape)
+    env = lung_region_mask(img, sp, dilation_mm=0.0)
+    assert env.any() and np.all(depth[env] > 0) and np.all(depth[~env] <= 0)
+    # the bounding-box computation equals the whole-array signed distance, clipped
+    full = ndimage.distance_transform_edt(env, sampling=sp) - ndimage.distance_transform_edt(~env, sampling=sp)
+    np.testing.assert_allclose(depth, np.clip(full, *DEPTH_RANGE_MM), atol=1e-4)
+    mask = env & (np.arange(img.shape[0])[:, None, None] < 32)
+    np.testing.assert_allclose(lung_envelope_depth(img, sp, mask), depth[mask])
+    air = np.full((20, 20, 20), -1000.0, np.float32)  # no body, no envelope: the outside limit everywhere
+    assert np.all(lung_envelope_depth(air, sp) == DEPTH_RANGE_MM[0])
+
+
+def test_depth_context_tells_a_juxtapleural_mass_from_the_chest_wall():
+    from monai_simsid.apps.rules import lung_region_mask
+
+    sp = (3.0, 3.0, 3.0)
+    normals = [_chest(s)[0] for s in (1, 2, 3)]
+    regions = [lung_region_mask(n, sp) for n in normals]
+    image, mass = _chest(7, mass=True)
+    region = lung_region_mask(image, sp)
+    assert mass.sum() > 50 and np.all(region[mass])  # the envelope's closing takes the juxtapleural mass in
+    above = {}
+    for context in (None, "lung_depth"):
+        knn = DescriptorKNN(k=5, bank_size=30000, context=context)
+        score = knn.fit(normals, regions, [sp] * 3)(image, region, sp)[region]
+        y = mass[region]
+        # share of the mass above the 99th percentile of the rest of the region (chest-wall band, vessels, lung)
+        above[context] = (score[y] > np.percentile(score[~y], 99)).mean()
+    # soft tissue is normal in the chest-wall band that the region includes; deep inside the envelope it is not
+    assert above["lung_depth"] > 0.85
+    assert above["lung_depth"] > above[None] + 0.2
+
+
+def test_context_is_validated_and_kept_in_the_state(tmp_path):
+    with pytest.raises(ValueError, match="context"):
+        DescriptorKNN(context="depth")
+    img, sp = _chest(1)[0], (3.0, 3.0, 3.0)
+    from monai_simsid.apps.rules import lung_region_mask
+
+    region = lung_region_mask(img, sp)
+    knn = DescriptorKNN(scales_mm=(3.0, 6.0), k=3, bank_size=5000, context="lung_depth").fit([img], [region], [sp])
+    assert knn.bank.shape == (5000, 3) and knn.num_features == 3
+    path = knn.save(tmp_path / "memory.npz")
+    again, _ = DescriptorKNN.load(path)
+    assert again.context == "lung_depth"
+    np.testing.assert_array_equal(again(img, region, sp), knn(img, region, sp))
+    with pytest.raises(ValueError, match="do not fit"):  # a context-free state cannot take this bank
+        DescriptorKNN.from_dict({**knn.state_dict(), "context": None})
