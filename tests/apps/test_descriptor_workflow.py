@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 
 import nibabel as nib
 import numpy as np
@@ -149,3 +150,17 @@ def test_bad_settings_fail_early_and_bad_scans_name_the_file(memory, chest_datal
     with pytest.raises(InputError, match="solid.nii.gz: no lung region"):
         DescriptorCasePreparer("scan", check_ct=False)({"image": solid})
     assert DescriptorCasePreparer("crop", check_ct=False)({"image": solid})["region"].all()
+
+
+def test_a_bad_training_scan_names_the_file_and_leaves_the_old_memory(memory, chest_datalist, tmp_path):
+    target = tmp_path / "memory.npz"
+    shutil.copy(memory, target)
+    before = target.read_bytes()
+    (tmp_path / "broken.nii.gz").write_bytes(b"not a nifti")
+    data = json.loads(chest_datalist.read_text())
+    good = {"image": str(chest_datalist.parent / data["training"][0]["image"])}
+    datalist = tmp_path / "datalist.json"
+    datalist.write_text(json.dumps({"training": [good, {"image": str(tmp_path / "broken.nii.gz")}]}))
+    with pytest.raises(InputError, match="broken.nii.gz: cannot be read"):
+        _fit(datalist, target)
+    assert target.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["broken.nii.gz", "datalist.json", "memory.npz"]
