@@ -74,10 +74,10 @@ class DescriptorPredictor(CalibratedMapPredictor):
         region: ``"scan"`` (chest CT) or ``"crop"`` (a small VOI inside the lung).
         check_ct: check that the intensities look like HU.
         memory_info: the memory file's other entries (``calibrated_on``, ``n_training``, ...), for the report.
-        score_method: None or ``"topk"`` (the only score the memory is calibrated for).
-        sigma_mm, min_volume_mm3, write_png, write_seg, num_workers, multiprocessing_context: as for
-            :class:`~monai_simsid.apps.inference.AnomalyPredictor` (a worker loads the next scan and finds its lung
-            region while the kNN search runs on the current one).
+        output_settings: ``score_method`` (None or ``"topk"``, the only score the memory is calibrated for),
+            ``sigma_mm``, ``min_volume_mm3``, ``write_png``, ``write_seg``, ``num_workers`` and
+            ``multiprocessing_context``, as for :class:`~monai_simsid.apps.inference.AnomalyPredictor` (a worker
+            loads the next scan and finds its lung region while the kNN search runs on the current one).
 
     Raises:
         ValueError: an unfitted memory, no calibration, another score method, or bad settings.
@@ -92,13 +92,7 @@ class DescriptorPredictor(CalibratedMapPredictor):
         region: str = "scan",
         check_ct: bool = True,
         memory_info: Mapping[str, Any] | None = None,
-        score_method: str | None = None,
-        sigma_mm: float = 1.5,
-        min_volume_mm3: float = 100.0,
-        write_png: bool = True,
-        write_seg: bool = True,
-        num_workers: int = 0,
-        multiprocessing_context: str | None = None,
+        **output_settings: Any,
     ) -> None:
         if not isinstance(knn, DescriptorKNN) or not knn.is_fitted:
             raise ValueError("knn must be a fitted DescriptorKNN.")
@@ -109,10 +103,8 @@ class DescriptorPredictor(CalibratedMapPredictor):
             "hu_clip": list(HU_RANGE),
             "scales_mm": list(knn.scales_mm),
         }
-        super().__init__(
-            DescriptorCasePreparer(region, check_ct), calibration, bundle_name, bundle_version, settings,
-            score_method, sigma_mm, min_volume_mm3, write_png, write_seg, num_workers, multiprocessing_context,
-        )
+        preparer = DescriptorCasePreparer(region, check_ct)
+        super().__init__(preparer, calibration, bundle_name, bundle_version, settings, **output_settings)
         if self.score_method != "topk":
             raise ValueError(f"the descriptor memory is calibrated for the 'topk' scan score, not '{self.score_method}'.")
         self.knn = knn
