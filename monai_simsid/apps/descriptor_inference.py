@@ -18,7 +18,13 @@ import torch
 
 from monai_simsid.apps.calibration import calibrate_map
 from monai_simsid.apps.descriptor_knn import HU_RANGE, DescriptorKNN
-from monai_simsid.apps.descriptor_workflow import REGIONS, ScanRegion, descriptor_map, load_scan_region, region_scan_score
+from monai_simsid.apps.descriptor_workflow import (
+    REGIONS,
+    ScanRegion,
+    descriptor_map,
+    load_scan_region,
+    region_scan_score,
+)
 from monai_simsid.apps.inference import CalibratedMapPredictor, input_body_mask
 from monai_simsid.data.datalist import case_name
 from monai_simsid.transforms.io.array import LoadCT
@@ -55,7 +61,8 @@ class DescriptorCasePreparer:
             body = np.ones(scan.region.shape, dtype=bool)
         else:
             body = input_body_mask(scan.image_hu, scan.affine) | scan.region
-        return {"case": case_name(item["image"]), **scan._asdict(), "body_in": body, "preprocess_s": time.perf_counter() - t0}
+        t1 = time.perf_counter()
+        return {"case": case_name(item["image"]), **scan._asdict(), "body_in": body, "preprocess_s": t1 - t0}
 
 
 class DescriptorPredictor(CalibratedMapPredictor):
@@ -106,9 +113,10 @@ class DescriptorPredictor(CalibratedMapPredictor):
         preparer = DescriptorCasePreparer(region, check_ct)
         super().__init__(preparer, calibration, bundle_name, bundle_version, settings, **output_settings)
         if self.score_method != "topk":
-            raise ValueError(f"the descriptor memory is calibrated for the 'topk' scan score, not '{self.score_method}'.")
+            raise ValueError(f"the descriptor memory is calibrated for the 'topk' scan score, not {self.score_method!r}.")
         self.knn = knn
-        self.memory_info = {key: v for key, v in dict(memory_info or {}).items() if key in ("calibrated_on", "n_training", "n_calibration")}
+        info = dict(memory_info or {})
+        self.memory_info = {key: info[key] for key in ("calibrated_on", "n_training", "n_calibration") if key in info}
 
     def raw_map(self, prepared: dict) -> np.ndarray:
         """The kNN distance map on the input grid, inside ``prepared["region"]`` (0 elsewhere)."""

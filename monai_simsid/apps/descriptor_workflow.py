@@ -236,11 +236,14 @@ def fit_descriptor_memory(
     }
     Path(output_path).parent.mkdir(parents=True, exist_ok=True)
     knn.save(output_path, **extra)
-    logger.info("descriptor memory of %d training normal scan(s), calibrated on %s; wrote %s", len(train), source, output_path)
+    logger.info("descriptor memory of %d training normal scan(s), calibrated on %s; wrote %s", len(train), source,
+                output_path)
     return extra
 
 
-def load_descriptor_memory(path: str | os.PathLike, bundle_name: str | None = None) -> tuple[DescriptorKNN, dict[str, Any]]:
+def load_descriptor_memory(
+    path: str | os.PathLike, bundle_name: str | None = None
+) -> tuple[DescriptorKNN, dict[str, Any]]:
     """Read a memory file written by :func:`fit_descriptor_memory`: the fitted memory and its ``extra`` dict.
 
     Args:
@@ -257,7 +260,9 @@ def load_descriptor_memory(path: str | os.PathLike, bundle_name: str | None = No
         raise InputError(path, f"descriptor memory was written by {who}, not '{bundle_name}'")
     cal = extra.get("calibration")
     if not isinstance(cal, Mapping) or any(key not in cal for key in CALIBRATION_KEYS):
-        raise InputError(path, "descriptor memory holds no calibration; write it with bundles/descriptor_knn_ct/configs/train.json")
+        raise InputError(
+            path, "descriptor memory holds no calibration; write it with bundles/descriptor_knn_ct/configs/train.json"
+        )
     if extra.get("region", "scan") not in REGIONS:
         raise InputError(path, f"descriptor memory has an unknown region {extra.get('region')!r}")
     return knn, extra

@@ -102,7 +102,8 @@ def test_a_dense_nodule_scores_above_the_rest_of_the_lung(predictor, chest_datal
     region = prepared["region"]
     pred = predictor.predict_prepared(prepared)
     amap = pred.anomaly_map
-    dist = np.sqrt(sum(g**2 for g in np.meshgrid(*[(np.arange(n) - c) * 3.0 for n, c in zip(amap.shape, centre)], indexing="ij")))
+    grid = np.meshgrid(*[(np.arange(n) - c) * 3.0 for n, c in zip(amap.shape, centre)], indexing="ij")
+    dist = np.sqrt(sum(g**2 for g in grid))
     rest = region & (dist > 15.0)
     assert amap[nodule].mean() > 0.5 and amap[nodule].mean() > np.percentile(amap[rest], 99)
     assert np.all(amap[~region] == 0) and region[nodule].all()
@@ -141,7 +142,8 @@ def test_bad_settings_fail_early_and_bad_scans_name_the_file(memory, chest_datal
         with pytest.raises(ValueError, match=msg):  # before the datalist is read
             _fit(tmp_path / "absent.json", tmp_path / "m.npz", **kw)
     labelled = tmp_path / "labelled.json"
-    lesion = {"image": str(chest_datalist.parent / "nodule_5.nii.gz"), "label": str(chest_datalist.parent / "nodule_5_label.nii.gz")}
+    root = chest_datalist.parent
+    lesion = {"image": str(root / "nodule_5.nii.gz"), "label": str(root / "nodule_5_label.nii.gz")}
     labelled.write_text(json.dumps({"training": [lesion]}))
     with pytest.raises(InputError, match="labelled.json: .*no normal scan"):
         fit_descriptor_memory(labelled, tmp_path / "m.npz", BUNDLE, "0")
@@ -163,4 +165,5 @@ def test_a_bad_training_scan_names_the_file_and_leaves_the_old_memory(memory, ch
     datalist.write_text(json.dumps({"training": [good, {"image": str(tmp_path / "broken.nii.gz")}]}))
     with pytest.raises(InputError, match="broken.nii.gz: cannot be read"):
         _fit(datalist, target)
-    assert target.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["broken.nii.gz", "datalist.json", "memory.npz"]
+    assert target.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.nii.gz", "datalist.json", "memory.npz"]

@@ -44,15 +44,12 @@ def memory(chest_datalist, tmp_path_factory):
     return out / "models" / "memory.npz"
 
 
-def _reoriented(src: nib.Nifti1Image, dst, label=None):
-    """Save ``src`` (and ``label``) with the first axis flipped and the first two swapped: another voxel order."""
+def _reoriented(src: nib.Nifti1Image, dst) -> np.ndarray:
+    """Save ``src`` with the first axis flipped and the first two swapped (another voxel order); its affine."""
     flip = np.diag([-1.0, 1.0, 1.0, 1.0])
     flip[0, 3] = src.shape[0] - 1
     affine = src.affine @ flip @ np.eye(4)[[1, 0, 2, 3]]
-    for img, path in ((src, dst), (label, None if label is None else str(dst).replace(".nii.gz", "_label.nii.gz"))):
-        if img is not None:
-            arr = np.asarray(img.dataobj)
-            nib.save(nib.Nifti1Image(np.swapaxes(arr[::-1], 0, 1).copy(), affine), path)
+    nib.save(nib.Nifti1Image(np.swapaxes(np.asarray(src.dataobj)[::-1], 0, 1).copy(), affine), dst)
     return affine
 
 
@@ -71,13 +68,16 @@ def test_inference_keeps_each_scans_geometry_and_lists_bad_inputs(memory, chest_
     src = nib.load(root / "nodule_5.nii.gz")
     flipped_affine = _reoriented(src, scans / "nodule_flipped.nii.gz")
     normal = nib.load(root / "normal_4.nii.gz")
-    nib.save(nib.Nifti1Image(np.asarray(normal.dataobj), oblique_affine(spacing=(3.0, 3.0, 3.0))), scans / "oblique.nii.gz")
+    oblique = nib.Nifti1Image(np.asarray(normal.dataobj), oblique_affine(spacing=(3.0, 3.0, 3.0)))
+    nib.save(oblique, scans / "oblique.nii.gz")
     (scans / "broken.nii.gz").write_bytes(b"not a nifti")
     nib.save(nib.Nifti1Image(np.zeros((20, 20), np.float32), np.eye(4)), scans / "slice2d.nii.gz")
-    nib.save(nib.Nifti1Image(np.random.default_rng(0).random((20, 20, 20)).astype(np.float32) * 50, np.eye(4)), scans / "mri.nii.gz")
+    mri = np.random.default_rng(0).random((20, 20, 20)).astype(np.float32) * 50  # no air, no bone: not HU
+    nib.save(nib.Nifti1Image(mri, np.eye(4)), scans / "mri.nii.gz")
     out = tmp_path / "out"
 
-    result = _run(_inference_configs(), ckpt_path=str(memory), dataset_dir=str(scans), output_dir=str(out), write_png=False)[0]
+    result = _run(_inference_configs(), ckpt_path=str(memory), dataset_dir=str(scans), output_dir=str(out),
+                  write_png=False)[0]
 
     assert sorted(result["done"]) == ["nodule", "nodule_flipped", "oblique"]
     with open(out / "errors.csv") as f:
@@ -85,7 +85,8 @@ def test_inference_keeps_each_scans_geometry_and_lists_bad_inputs(memory, chest_
     assert set(errors) == {"broken.nii.gz", "slice2d.nii.gz", "mri.nii.gz"}
     assert "2D" in errors["slice2d.nii.gz"] and "Hounsfield" in errors["mri.nii.gz"]
     maps = {}
-    for case, image in (("nodule", src), ("nodule_flipped", nib.load(scans / "nodule_flipped.nii.gz")), ("oblique", nib.load(scans / "oblique.nii.gz"))):
+    for case in ("nodule", "nodule_flipped", "oblique"):
+        image = nib.load(scans / f"{case}.nii.gz")
         amap = nib.load(out / case / f"{case}_anomaly_map.nii.gz")
         assert amap.shape == image.shape and np.array_equal(amap.affine, image.affine), case
         maps[case] = np.asarray(amap.dataobj)
@@ -96,7 +97,8 @@ def test_inference_keeps_each_scans_geometry_and_lists_bad_inputs(memory, chest_
     assert np.array_equal(flipped_affine, nib.load(scans / "nodule_flipped.nii.gz").affine)
     # the same scan in another voxel order gets the same map, value for value
     np.testing.assert_array_equal(np.swapaxes(maps["nodule_flipped"], 0, 1)[::-1], maps["nodule"])
-    assert (maps["oblique"] >= 0.5).mean() < 0.01 < (maps["nodule"] >= 0.5).sum()
+    lung = maps["oblique"] > 0  # the calibrated map is > 0 throughout the lung region and 0 outside it
+    assert (maps["oblique"][lung] >= 0.5).mean() < 0.02 and (maps["nodule"] >= 0.5).sum() > 0
     rows = (out / "scores.csv").read_text().splitlines()
     assert rows[0] == "case,score,label,findings" and len(rows) == 4
     leftovers = [p.name for p in out.rglob("*") if p.name.startswith(".") or "tmp" in p.name]
@@ -117,7 +119,8 @@ def test_evaluate_writes_the_shared_metrics(memory, chest_datalist, tmp_path):
 
 def test_a_missing_or_invalid_memory_file_is_one_error_naming_it(tmp_path):
     (tmp_path / "junk.npz").write_bytes(b"junk")
-    for path, problem in ((tmp_path / "missing.npz", "does not exist"), (tmp_path / "junk.npz", "not a descriptor memory")):
+    cases = ((tmp_path / "missing.npz", "does not exist"), (tmp_path / "junk.npz", "not a descriptor memory"))
+    for path, problem in cases:
         wf = ConfigWorkflow(config_file=_inference_configs(), workflow_type=None, ckpt_path=str(path),
                             dataset_dir=str(tmp_path), output_dir=str(tmp_path / "out"))
         wf.initialize()

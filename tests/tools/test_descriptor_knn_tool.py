@@ -24,14 +24,16 @@ def test_fit_then_predict_write_the_bundle_outputs(chest_datalist, tmp_path, cap
     bad = tmp_path / "broken.nii.gz"
     bad.write_bytes(b"not a nifti")
     out = tmp_path / "out"
-    assert tool.main(["predict", "--memory", str(memory), "--output_dir", str(out), *scans, str(bad)]) == 1
-    assert "broken.nii.gz" in capsys.readouterr().err
+    missing = tmp_path / "missing.nii.gz"
+    assert tool.main(["predict", "--memory", str(memory), "--output_dir", str(out), *scans, str(bad), str(missing)]) == 1
+    err = capsys.readouterr().err
+    assert "broken.nii.gz: cannot be read" in err and "missing.nii.gz: file does not exist" in err
     rows = (out / "scores.csv").read_text().splitlines()
     assert [r.split(",")[0] for r in rows] == ["case", "normal_4", "nodule_5"]
     amap = nib.load(out / "nodule_5" / "nodule_5_anomaly_map.nii.gz")
     src = nib.load(scans[1])
     assert amap.shape == src.shape and np.array_equal(amap.affine, src.affine)
-    assert "broken.nii.gz" in (out / "errors.csv").read_text()
+    assert (out / "errors.csv").read_text().count("\n") == 3  # header + the two bad inputs
 
 
 def test_one_bad_input_or_memory_is_one_line_and_status_2(tmp_path, capsys):
