@@ -87,3 +87,44 @@ def load_tool(name: str, module_name: str | None = None):
 
 def bundle_config(bundle: str, name: str) -> str:
     return str(REPO_ROOT / "bundles" / bundle / "configs" / name)
+
+
+def chest_with_nodule(seed: int, size: int = 40, spacing: float = 3.0, radius_mm: float = 5.0, hu: float = 40.0):
+    """A synthetic chest phantom with a dense spherical nodule at the lung voxel farthest from the lung border.
+
+    Returns:
+        ``(image, nodule, affine, centre)``: the float32 HU volume, the bool nodule mask, the 4x4 affine and the
+        nodule's centre voxel. ``radius_mm=0`` gives the normal phantom (an empty nodule mask).
+    """
+    from scipy import ndimage
+
+    from monai_simsid.data.synthetic import generate_chest_ct
+
+    case = generate_chest_ct(size=size, spacing=spacing, seed=seed)
+    depth = ndimage.distance_transform_edt(case.lungs > 0, sampling=case.spacing)
+    centre = np.unravel_index(int(np.argmax(depth)), depth.shape)
+    grid = np.meshgrid(*[(np.arange(n) - c) * sp for n, c, sp in zip(depth.shape, centre, case.spacing)], indexing="ij")
+    nodule = (np.sqrt(sum(g**2 for g in grid)) <= radius_mm) & (radius_mm > 0)
+    image = case.image.copy()
+    image[nodule] = hu
+    return image, nodule, case.affine, centre
+
+
+@pytest.fixture(scope="session")
+def chest_datalist(tmp_path_factory):
+    """Small synthetic chest CTs (40^3 voxels of 3 mm) with a datalist: 3 training normals, 1 validation normal, and
+    a ``test`` section with a normal scan and a scan holding a 5 mm dense nodule (its ``label``)."""
+    import json
+
+    out = tmp_path_factory.mktemp("chest")
+    sections: dict[str, list] = {"training": [], "validation": [], "test": []}
+    for seed, section in enumerate(["training"] * 3 + ["validation", "test"]):
+        image, _, affine, _ = chest_with_nodule(seed, radius_mm=0.0)
+        nib.save(nib.Nifti1Image(image, affine), str(out / f"normal_{seed}.nii.gz"))
+        sections[section].append({"image": f"normal_{seed}.nii.gz"})
+    image, nodule, affine, _ = chest_with_nodule(5)
+    nib.save(nib.Nifti1Image(image, affine), str(out / "nodule_5.nii.gz"))
+    nib.save(nib.Nifti1Image(nodule.astype(np.uint8), affine), str(out / "nodule_5_label.nii.gz"))
+    sections["test"].append({"image": "nodule_5.nii.gz", "label": "nodule_5_label.nii.gz"})
+    (out / "datalist.json").write_text(json.dumps(sections))
+    return out / "datalist.json"

@@ -34,6 +34,7 @@ from monai_simsid.utils.errors import InputError, find_input_error
 
 __all__ = [
     "AnomalyPredictor",
+    "CalibratedMapPredictor",
     "CasePrediction",
     "CasePreparer",
     "evaluate_cases",
@@ -174,44 +175,42 @@ class CasePrediction(NamedTuple):
     body: np.ndarray
 
 
-class AnomalyPredictor:
-    """Run a calibrated anomaly model over whole scans and write what a reader needs.
+class CalibratedMapPredictor:
+    """The output side every predictor shares: a calibrated map on the input grid, then the same files and report.
 
-    Per case, under ``output_dir/<case>/``: ``<case>_anomaly_map.nii.gz`` (float32, [0, 1], 0.5 = threshold, the
-    input's exact shape and affine, 0 outside the body), ``<case>_anomaly_mask.nii.gz`` (uint8 components),
-    ``<case>_anomaly.seg.nrrd`` (3D Slicer segmentation), ``<case>_report.json`` (deterministic: no time stamp),
-    ``<case>_timings.json`` (seconds per stage) and ``<case>_overview.png``; plus
-    ``output_dir/scores.csv`` and, when a case fails, ``output_dir/errors.csv``. Every file is written atomically.
+    A subclass supplies the loading (``preparer``) and the two map steps, :meth:`raw_map` (the model, timed as
+    ``model_s``) and :meth:`calibrated_input_map` (calibration with :func:`~monai_simsid.apps.calibration.calibrate_map`,
+    back to the input grid, and the raw scan score). Everything after is common: clipping to [0, 1], 0 outside the
+    map's support, post-processing into components, findings, the calibrated scan score and its label
+    (:meth:`predict_prepared`), the per-case files and report (:meth:`write`), and the batch with worker prefetch,
+    ``scores.csv`` and ``errors.csv`` (:meth:`run`). See :class:`AnomalyPredictor` for the files written.
 
     Args:
-        network: the trained model (loaded weights).
-        inferer: the sliding-window inferer (the model's roi and region grid).
-        preprocessing: the shared chain used in training (same settings).
-        calibration: the checkpoint's calibration (computed on normal scans).
+        preparer: picklable callable ``{"image": path} -> dict`` run before the model (possibly in a worker process).
+            Its result holds at least ``case``, ``image_hu`` (X, Y, Z), ``affine``, ``body_in`` (bool, input grid)
+            and ``preprocess_s``, and may hold ``region`` (bool, input grid): the map's support when it is smaller
+            than the body (the map is 0 and no finding is kept outside it).
+        calibration: statistics from normal scans (see :func:`~monai_simsid.apps.calibration.compute_calibration`).
         bundle_name, bundle_version: written to every report.
-        preprocessing_settings: written to every report.
-        device: where the model runs.
-        score_method: scan score method (see :func:`~monai_simsid.inferers.scoring.scan_score`); None uses the one
-            the checkpoint was calibrated for (a different one would make the threshold meaningless: ValueError).
+        preprocessing_settings: written to every report (``"preprocessing"``).
+        score_method: scan score method; None uses the one the calibration was computed for (a different one would
+            make the threshold meaningless: ValueError).
         sigma_mm, min_volume_mm3: post-processing (smoothing, minimum component volume).
         write_png, write_seg: optional outputs.
-        num_workers: worker processes that load and preprocess the next case(s) of :meth:`run` while the model runs
-            on the current one (each holds at most one prepared case ahead, so memory stays bounded). 0 does
-            everything in this process, one case after the other; a single input always runs in this process.
-        multiprocessing_context: start method of the workers (``"fork"``, ``"spawn"``, ``"forkserver"``); None is the
-            platform default (fork on Linux: no re-import, cheap to start).
+        num_workers: worker processes that prepare the next case(s) of :meth:`run` (see :class:`AnomalyPredictor`).
+        multiprocessing_context: start method of the workers; None is the platform default.
+
+    Raises:
+        ValueError: no calibration, another score method than the calibrated one, or negative settings.
     """
 
     def __init__(
         self,
-        network: torch.nn.Module,
-        inferer: AnomalyInferer,
-        preprocessing: Compose,
+        preparer: Any,
         calibration: Mapping[str, Any],
         bundle_name: str,
         bundle_version: str,
         preprocessing_settings: Mapping[str, Any] | None = None,
-        device: str | torch.device = "cpu",
         score_method: str | None = None,
         sigma_mm: float = 1.5,
         min_volume_mm3: float = 100.0,
@@ -222,14 +221,10 @@ class AnomalyPredictor:
     ) -> None:
         if calibration is None:
             raise ValueError("the checkpoint has no calibration; train with the bundle's train.json (it calibrates).")
-        self.network = network.to(device).eval()
-        self.inferer = inferer
-        self.preprocessing = preprocessing
         self.calibration = dict(calibration)
         self.bundle_name = bundle_name
         self.bundle_version = bundle_version
         self.preprocessing_settings = dict(preprocessing_settings or {})
-        self.device = torch.device(device)
         calibrated_for = self.calibration.get("score_method", "topk")
         if score_method is not None and score_method != calibrated_for:
             raise ValueError(
@@ -237,13 +232,8 @@ class AnomalyPredictor:
                 "retrain (or re-calibrate) with that score_method."
             )
         self.score_method = calibrated_for
-        if calibrated_for == "topk" and hasattr(network, "window_score"):
-            network.window_score = False  # the scan score reads the map only: skip SimSID's discriminator pass
-        # per-position normalisation of the map, fitted on the calibration normals (see NormativeMap); an input without
-        # a body frame (body_mode "whole", e.g. a small crop) gets the global normal statistics instead
-        normative = self.calibration.get("normative")
-        self.normative = NormativeMap.from_dict(normative) if normative else None
-        self.normative_positions = self.preprocessing_settings.get("body_mode", "threshold") != "whole"
+        if np.any(np.asarray(sigma_mm, dtype=float) < 0) or float(min_volume_mm3) < 0:
+            raise ValueError(f"sigma_mm and min_volume_mm3 must be >= 0, got {sigma_mm} and {min_volume_mm3}.")
         self.sigma_mm = sigma_mm
         self.min_volume_mm3 = min_volume_mm3
         self.write_png = write_png
@@ -252,62 +242,62 @@ class AnomalyPredictor:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}.")
         self.num_workers = int(num_workers)
         self.multiprocessing_context = multiprocessing_context
-        self.preparer = CasePreparer(preprocessing, self.preprocessing_settings)
+        self.preparer = preparer
 
     # ----------------------------------------------------------------- prediction
     def prepare(self, item: Mapping[str, Any]) -> dict:
         """Load and preprocess one case (``{"image": path}``): the part of :meth:`predict` before the model.
 
-        The result is picklable (see :class:`CasePreparer`), so :meth:`run` can make it in a worker process.
+        The result is picklable (see :class:`CasePreparer` for :class:`AnomalyPredictor`), so :meth:`run` can make
+        it in a worker process.
 
         Raises:
             InputError: the input cannot be used.
         """
         return self.preparer(item)
 
-    def run_model(self, x: torch.Tensor, body: torch.Tensor):
-        """The inferer and network on a preprocessed scan ``x`` ``(1, C, *S)`` with its ``body`` ``(1, 1, *S)``.
+    def raw_map(self, prepared: dict) -> Any:
+        """The model step on a :meth:`prepare` result; its result goes to :meth:`calibrated_input_map` as
+        ``prepared["raw"]``. Implemented by each predictor."""
+        raise NotImplementedError
 
-        The stitched window-score map is only made when the scan score reads it (not for ``"topk"``).
-        """
-        if self.score_method == "topk" and isinstance(self.inferer, AnomalyInferer):
-            return self.inferer(x, self.network, body, score_map=False)
-        return self.inferer(x, self.network, body)
+    def calibrated_input_map(self, prepared: dict) -> tuple[np.ndarray, float]:
+        """``(map, raw_score)``: the calibrated map on the input grid (values in [0, 1], 0.5 = the normal-data voxel
+        threshold; clipped and masked afterwards) and the raw scan score, from ``prepared.pop("raw")``. Implemented
+        by each predictor."""
+        raise NotImplementedError
+
+    def report_extra(self) -> dict:
+        """The report's fields after the standard ones and the case's ``raw_score``: score method, voxel threshold,
+        post-processing (a subclass adds its own)."""
+        return {
+            "score_method": self.score_method,
+            "voxel_threshold": {
+                "calibrated": 0.5,
+                "raw": self.calibration["voxel_threshold"],
+                "normal_voxel_fpr": self.calibration["voxel_fpr"],
+            },
+            "postprocessing": {"sigma_mm": self.sigma_mm, "min_volume_mm3": self.min_volume_mm3},
+        }
 
     def predict_prepared(self, prepared: dict, return_image: bool = False) -> CasePrediction | tuple[CasePrediction, np.ndarray]:
-        """The model, calibration, resampling to the input grid and post-processing of a :meth:`prepare` result.
+        """The map steps, then the shared post-processing, findings and scan score of a :meth:`prepare` result.
 
-        The model-space tensors are taken out of ``prepared`` (and freed as soon as they are used).
+        The large arrays are taken out of ``prepared`` (and freed as soon as they are used). The map is clipped to
+        [0, 1] and set to 0 outside ``prepared["region"]`` (the body ``prepared["body_in"]`` when there is none).
         """
         t1 = time.perf_counter()
-        x = prepared.pop("image")[None].float().to(self.device)
-        body = prepared.pop("body")[None].to(self.device)
-        res = self.run_model(x, body)
-        del x
+        prepared["raw"] = self.raw_map(prepared)
         t2 = time.perf_counter()
-        raw_map = res.anomaly_map[0].cpu()
-        body_ms = body[0].cpu()
-        if self.normative is not None:
-            raw_map = self.normative(raw_map, body_ms[0] if self.normative_positions else None)
-        topk = self.calibration.get("topk_fraction", 0.001)
-        window_scores = None if res.score_map is None else res.score_map[0].cpu()
-        raw_score = scan_score(
-            raw_map, window_scores, body_ms, self.score_method, topk, norm=self.calibration.get("score_norm")
-        )
-        del res, body
-        cal_map = calibrate_map(raw_map, self.calibration) * (body_ms > 0.5)
-        del raw_map, body_ms
+        out_map, raw_score = self.calibrated_input_map(prepared)
         affine = prepared["affine"]
         image_hu = prepared["image_hu"]
-        # back to the input grid through the world coordinates of both grids, slab by slab (exact geometry, low
-        # memory; equivalent to MONAI's Invertd over this chain, see tests/apps/test_preprocessing.py)
-        out_map = resample_to_input(cal_map, prepared["model_affine"], affine, tuple(image_hu.shape))
-        del cal_map
         out_map = np.clip(np.nan_to_num(out_map, nan=0.0), 0.0, 1.0).astype(np.float32)
         body_in = prepared["body_in"]
-        out_map[~body_in] = 0.0
+        support = prepared.get("region", body_in)
+        out_map[~support] = 0.0
         spacing = spacing_from_affine(affine)
-        mask, _ = postprocess_anomaly_map(out_map, spacing, sigma_mm=self.sigma_mm, min_volume_mm3=self.min_volume_mm3, body_mask=body_in)
+        mask, _ = postprocess_anomaly_map(out_map, spacing, sigma_mm=self.sigma_mm, min_volume_mm3=self.min_volume_mm3, body_mask=support)
         findings = extract_findings(out_map, mask, affine)
         t3 = time.perf_counter()
         score = calibrate_score(raw_score, self.calibration)
@@ -401,21 +391,7 @@ class AnomalyPredictor:
                 bundle_name=self.bundle_name,
                 bundle_version=self.bundle_version,
                 preprocessing=self.preprocessing_settings,
-                extra={
-                    "raw_score": pred.raw_score,
-                    "score_method": self.score_method,
-                    "voxel_threshold": {
-                        "calibrated": 0.5,
-                        "raw": self.calibration["voxel_threshold"],
-                        "normal_voxel_fpr": self.calibration["voxel_fpr"],
-                    },
-                    "postprocessing": {"sigma_mm": self.sigma_mm, "min_volume_mm3": self.min_volume_mm3},
-                    "normative_map": (
-                        None
-                        if self.normative is None
-                        else {"grid": list(self.normative.grid), "positions": bool(self.normative_positions)}
-                    ),
-                },
+                extra={"raw_score": pred.raw_score, **self.report_extra()},
                 created=False,
             )
             if self.write_png and image_hu is not None:
@@ -505,8 +481,119 @@ class AnomalyPredictor:
         return {"done": done, "failed": failed}
 
 
+class AnomalyPredictor(CalibratedMapPredictor):
+    """Run a calibrated anomaly model over whole scans and write what a reader needs.
+
+    Per case, under ``output_dir/<case>/``: ``<case>_anomaly_map.nii.gz`` (float32, [0, 1], 0.5 = threshold, the
+    input's exact shape and affine, 0 outside the body), ``<case>_anomaly_mask.nii.gz`` (uint8 components),
+    ``<case>_anomaly.seg.nrrd`` (3D Slicer segmentation), ``<case>_report.json`` (deterministic: no time stamp),
+    ``<case>_timings.json`` (seconds per stage) and ``<case>_overview.png``; plus
+    ``output_dir/scores.csv`` and, when a case fails, ``output_dir/errors.csv``. Every file is written atomically.
+
+    Args:
+        network: the trained model (loaded weights).
+        inferer: the sliding-window inferer (the model's roi and region grid).
+        preprocessing: the shared chain used in training (same settings).
+        calibration: the checkpoint's calibration (computed on normal scans).
+        bundle_name, bundle_version: written to every report.
+        preprocessing_settings: written to every report.
+        device: where the model runs.
+        score_method: scan score method (see :func:`~monai_simsid.inferers.scoring.scan_score`); None uses the one
+            the checkpoint was calibrated for (a different one would make the threshold meaningless: ValueError).
+        sigma_mm, min_volume_mm3: post-processing (smoothing, minimum component volume).
+        write_png, write_seg: optional outputs.
+        num_workers: worker processes that load and preprocess the next case(s) of :meth:`run` while the model runs
+            on the current one (each holds at most one prepared case ahead, so memory stays bounded). 0 does
+            everything in this process, one case after the other; a single input always runs in this process.
+        multiprocessing_context: start method of the workers (``"fork"``, ``"spawn"``, ``"forkserver"``); None is the
+            platform default (fork on Linux: no re-import, cheap to start).
+    """
+
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        inferer: AnomalyInferer,
+        preprocessing: Compose,
+        calibration: Mapping[str, Any],
+        bundle_name: str,
+        bundle_version: str,
+        preprocessing_settings: Mapping[str, Any] | None = None,
+        device: str | torch.device = "cpu",
+        score_method: str | None = None,
+        sigma_mm: float = 1.5,
+        min_volume_mm3: float = 100.0,
+        write_png: bool = True,
+        write_seg: bool = True,
+        num_workers: int = 0,
+        multiprocessing_context: str | None = None,
+    ) -> None:
+        super().__init__(
+            CasePreparer(preprocessing, preprocessing_settings), calibration, bundle_name, bundle_version,
+            preprocessing_settings, score_method, sigma_mm, min_volume_mm3, write_png, write_seg, num_workers,
+            multiprocessing_context,
+        )
+        self.network = network.to(device).eval()
+        self.inferer = inferer
+        self.preprocessing = preprocessing
+        self.device = torch.device(device)
+        if self.score_method == "topk" and hasattr(network, "window_score"):
+            network.window_score = False  # the scan score reads the map only: skip SimSID's discriminator pass
+        # per-position normalisation of the map, fitted on the calibration normals (see NormativeMap); an input without
+        # a body frame (body_mode "whole", e.g. a small crop) gets the global normal statistics instead
+        normative = self.calibration.get("normative")
+        self.normative = NormativeMap.from_dict(normative) if normative else None
+        self.normative_positions = self.preprocessing_settings.get("body_mode", "threshold") != "whole"
+
+    def run_model(self, x: torch.Tensor, body: torch.Tensor):
+        """The inferer and network on a preprocessed scan ``x`` ``(1, C, *S)`` with its ``body`` ``(1, 1, *S)``.
+
+        The stitched window-score map is only made when the scan score reads it (not for ``"topk"``).
+        """
+        if self.score_method == "topk" and isinstance(self.inferer, AnomalyInferer):
+            return self.inferer(x, self.network, body, score_map=False)
+        return self.inferer(x, self.network, body)
+
+    def raw_map(self, prepared: dict) -> tuple:
+        """The model step: the inferer's result and the body on the model grid (``image``/``body`` leave ``prepared``)."""
+        x = prepared.pop("image")[None].float().to(self.device)
+        body = prepared.pop("body")[None].to(self.device)
+        res = self.run_model(x, body)
+        del x
+        return res, body
+
+    def calibrated_input_map(self, prepared: dict) -> tuple[np.ndarray, float]:
+        """Normative map, scan score and calibration on the model grid, then resampling to the input grid."""
+        res, body = prepared.pop("raw")
+        raw_map = res.anomaly_map[0].cpu()
+        body_ms = body[0].cpu()
+        if self.normative is not None:
+            raw_map = self.normative(raw_map, body_ms[0] if self.normative_positions else None)
+        topk = self.calibration.get("topk_fraction", 0.001)
+        window_scores = None if res.score_map is None else res.score_map[0].cpu()
+        raw_score = scan_score(
+            raw_map, window_scores, body_ms, self.score_method, topk, norm=self.calibration.get("score_norm")
+        )
+        del res, body
+        cal_map = calibrate_map(raw_map, self.calibration) * (body_ms > 0.5)
+        del raw_map, body_ms
+        # back to the input grid through the world coordinates of both grids, slab by slab (exact geometry, low
+        # memory; equivalent to MONAI's Invertd over this chain, see tests/apps/test_preprocessing.py)
+        shape = tuple(prepared["image_hu"].shape)
+        return resample_to_input(cal_map, prepared["model_affine"], prepared["affine"], shape), raw_score
+
+    def report_extra(self) -> dict:
+        """:meth:`CalibratedMapPredictor.report_extra` and the normative map's settings."""
+        extra = super().report_extra()
+        extra["normative_map"] = (
+            None
+            if self.normative is None
+            else {"grid": list(self.normative.grid), "positions": bool(self.normative_positions)}
+        )
+        return extra
+
+
 def evaluate_cases(
-    predictor: AnomalyPredictor,
+    predictor: CalibratedMapPredictor,
     entries: Sequence[Mapping[str, Any]],
     output_dir: str | os.PathLike,
     write_outputs: bool = True,
@@ -570,8 +657,8 @@ def evaluate_cases(
 _PREDICTORS: dict = {}
 
 
-def load_predictor(bundle_name: str, ckpt_path: str | os.PathLike, device: str | None = None, **overrides: Any) -> AnomalyPredictor:
-    """Build a bundle's :class:`AnomalyPredictor` from its ``inference.json`` (cached per bundle, checkpoint, device)."""
+def load_predictor(bundle_name: str, ckpt_path: str | os.PathLike, device: str | None = None, **overrides: Any) -> CalibratedMapPredictor:
+    """Build a bundle's ``predictor`` from its ``inference.json`` (cached per bundle, checkpoint, device)."""
     from monai.bundle import ConfigParser
 
     from monai_simsid.apps.config import bundle_root

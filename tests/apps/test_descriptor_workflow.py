@@ -1,0 +1,169 @@
+"""Tests of the descriptor memory as a bundle model: fit + calibration on a datalist, the memory file, the predictor.
+
+:mod:`monai_simsid.apps.descriptor_workflow` and :mod:`monai_simsid.apps.descriptor_inference` on the small synthetic
+chests of the ``chest_datalist`` fixture (3 training normals, 1 validation normal, a test normal and a test scan
+with a 5 mm dense nodule).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from conftest import chest_with_nodule, oblique_affine
+from monai_simsid.apps.calibration import calibrate_map
+from monai_simsid.apps.descriptor_inference import DescriptorCasePreparer, DescriptorPredictor
+from monai_simsid.apps.descriptor_knn import DescriptorKNN
+from monai_simsid.apps.descriptor_workflow import (
+    fit_descriptor_memory,
+    from_canonical,
+    load_descriptor_memory,
+    to_canonical,
+)
+from monai_simsid.data.datalist import load_datalist
+from monai_simsid.utils.errors import InputError
+
+BUNDLE = "descriptor_knn_ct"
+
+
+def _fit(datalist, path, **kw):
+    return fit_descriptor_memory(datalist, path, BUNDLE, "0.1.0", **{"k": 5, "bank_size": 3000, **kw})
+
+
+@pytest.fixture(scope="module")
+def memory(chest_datalist, tmp_path_factory):
+    path = tmp_path_factory.mktemp("memory") / "models" / "memory.npz"
+    _fit(chest_datalist, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def predictor(memory):
+    knn, extra = load_descriptor_memory(memory, BUNDLE)
+    return DescriptorPredictor(knn, extra["calibration"], BUNDLE, "0.1.0", memory_info=extra, write_png=False)
+
+
+@pytest.mark.parametrize("affine", [np.diag([-1.0, 1.0, 1.0, 1.0]), np.eye(4)[[1, 2, 0, 3]], oblique_affine(angle=2.0)])
+def test_canonical_order_is_turned_back_exactly(affine):
+    arr = np.random.default_rng(0).normal(size=(5, 6, 7)).astype(np.float32)
+    ornt = nib.orientations.io_orientation(affine)
+    canonical = to_canonical(arr, ornt)
+    assert nib.orientations.aff2axcodes(affine @ nib.orientations.inv_ornt_aff(ornt, arr.shape)) == ("R", "A", "S")
+    np.testing.assert_array_equal(from_canonical(canonical, ornt), arr)
+
+
+def test_fit_writes_one_calibrated_file_and_records_its_normals(memory, chest_datalist):
+    knn, extra = load_descriptor_memory(memory, BUNDLE)
+    assert knn.k == 5 and knn.bank.shape[0] == 3000 and extra["bundle"] == BUNDLE and extra["region"] == "scan"
+    assert extra["calibrated_on"] == "validation" and extra["n_training"] == 3 and extra["n_calibration"] == 1
+    cal = extra["calibration"]
+    assert cal["source"] == "1 validation normal scan(s)" and cal["score_method"] == "topk"
+    assert cal["voxel_scale"] > 0 and cal["scan_std"] > 0 and cal["voxel_threshold"] > cal["voxel_median"]
+    assert [p.name for p in memory.parent.iterdir()] == ["memory.npz"]  # written atomically: no temporary left
+
+
+def test_without_validation_normals_it_calibrates_on_the_training_ones(chest_datalist, tmp_path, caplog):
+    data = json.loads(chest_datalist.read_text())
+    root = chest_datalist.parent
+    entries = [{"image": str(root / e["image"])} for e in data["training"][:2]]
+    datalist = tmp_path / "datalist.json"
+    lesion = {"image": str(root / "nodule_5.nii.gz"), "label": str(root / "nodule_5_label.nii.gz")}
+    datalist.write_text(json.dumps({"training": entries, "validation": [lesion]}))  # no normal validation scan
+    with caplog.at_level(logging.WARNING):
+        extra = _fit(datalist, tmp_path / "m.npz")
+    assert extra["calibrated_on"] == "training" and extra["n_calibration"] == 2
+    assert extra["calibration"]["source"].startswith("2 training normal scan(s)") and "optimistic" in caplog.text
+
+
+def test_normal_scans_stay_mostly_below_the_threshold(predictor, chest_datalist):
+    val = load_datalist(chest_datalist, "validation")[0]
+    test_normal = load_datalist(chest_datalist, "test")[0]
+    for item, limit in ((val, 0.002), (test_normal, 0.02)):  # the calibration scan itself: ~voxel_fpr = 0.001
+        prepared = predictor.prepare(item)
+        region = prepared["region"]
+        pred = predictor.predict_prepared(prepared)
+        assert (pred.anomaly_map[region] >= 0.5).mean() <= limit
+        assert pred.label == "normal" and pred.score < 0.5
+    # 0.5 is exactly the raw voxel threshold of the normals
+    raw = torch.tensor([predictor.calibration["voxel_threshold"]])
+    assert float(calibrate_map(raw, predictor.calibration)[0]) == pytest.approx(0.5)
+
+
+def test_a_dense_nodule_scores_above_the_rest_of_the_lung(predictor, chest_datalist):
+    normal, lesion = load_datalist(chest_datalist, "test")
+    _, nodule, affine, centre = chest_with_nodule(5)
+    prepared = predictor.prepare(lesion)
+    region = prepared["region"]
+    pred = predictor.predict_prepared(prepared)
+    amap = pred.anomaly_map
+    grid = np.meshgrid(*[(np.arange(n) - c) * 3.0 for n, c in zip(amap.shape, centre)], indexing="ij")
+    dist = np.sqrt(sum(g**2 for g in grid))
+    rest = region & (dist > 15.0)
+    assert amap[nodule].mean() > 0.5 and amap[nodule].mean() > np.percentile(amap[rest], 99)
+    assert np.all(amap[~region] == 0) and region[nodule].all()
+    top = np.asarray(pred.findings[0]["centroid_voxel"], dtype=float)
+    assert np.linalg.norm((top - np.asarray(centre)) * 3.0) < 10.0  # the first finding is the nodule
+    assert pred.score > predictor.predict(normal).score
+
+
+def test_bad_memory_files_are_input_errors_naming_them(memory, tmp_path):
+    with pytest.raises(InputError, match="missing.npz"):
+        load_descriptor_memory(tmp_path / "missing.npz", BUNDLE)
+    (tmp_path / "junk.npz").write_bytes(b"junk")
+    with pytest.raises(InputError, match="junk.npz"):
+        load_descriptor_memory(tmp_path / "junk.npz", BUNDLE)
+    knn, extra = DescriptorKNN.load(memory)
+    knn.save(tmp_path / "other.npz", **{**extra, "bundle": "simsid_ct"})
+    with pytest.raises(InputError, match=r"other.npz: .*bundle 'simsid_ct', not 'descriptor_knn_ct'"):
+        load_descriptor_memory(tmp_path / "other.npz", BUNDLE)
+    knn.save(tmp_path / "bare.npz", bundle=BUNDLE)
+    with pytest.raises(InputError, match=r"bare.npz: .*no calibration"):
+        load_descriptor_memory(tmp_path / "bare.npz", BUNDLE)
+
+
+def test_bad_settings_fail_early_and_bad_scans_name_the_file(memory, chest_datalist, ct_file, tmp_path):
+    knn, extra = load_descriptor_memory(memory)
+    cal = extra["calibration"]
+    with pytest.raises(ValueError, match="fitted"):
+        DescriptorPredictor(DescriptorKNN(), cal, BUNDLE, "0")
+    with pytest.raises(ValueError, match="region"):
+        DescriptorPredictor(knn, cal, BUNDLE, "0", region="lobe")
+    with pytest.raises(ValueError, match="score_method"):
+        DescriptorPredictor(knn, cal, BUNDLE, "0", score_method="discriminator")
+    with pytest.raises(ValueError, match="no calibration"):
+        DescriptorPredictor(knn, None, BUNDLE, "0")
+    for kw, msg in (({"region": "lobe"}, "region"), ({"fpr": 0.0}, "fpr"), ({"k": 0}, "k must")):
+        with pytest.raises(ValueError, match=msg):  # before the datalist is read
+            _fit(tmp_path / "absent.json", tmp_path / "m.npz", **kw)
+    labelled = tmp_path / "labelled.json"
+    root = chest_datalist.parent
+    lesion = {"image": str(root / "nodule_5.nii.gz"), "label": str(root / "nodule_5_label.nii.gz")}
+    labelled.write_text(json.dumps({"training": [lesion]}))
+    with pytest.raises(InputError, match="labelled.json: .*no normal scan"):
+        fit_descriptor_memory(labelled, tmp_path / "m.npz", BUNDLE, "0")
+    # a CT without any lung (soft tissue everywhere): no lung region for a scan, the whole VOI as a crop
+    solid = str(ct_file(np.full((20, 20, 20), 40.0, np.float32), name="solid.nii.gz"))
+    with pytest.raises(InputError, match="solid.nii.gz: no lung region"):
+        DescriptorCasePreparer("scan", check_ct=False)({"image": solid})
+    assert DescriptorCasePreparer("crop", check_ct=False)({"image": solid})["region"].all()
+
+
+def test_a_bad_training_scan_names_the_file_and_leaves_the_old_memory(memory, chest_datalist, tmp_path):
+    target = tmp_path / "memory.npz"
+    shutil.copy(memory, target)
+    before = target.read_bytes()
+    (tmp_path / "broken.nii.gz").write_bytes(b"not a nifti")
+    data = json.loads(chest_datalist.read_text())
+    good = {"image": str(chest_datalist.parent / data["training"][0]["image"])}
+    datalist = tmp_path / "datalist.json"
+    datalist.write_text(json.dumps({"training": [good, {"image": str(tmp_path / "broken.nii.gz")}]}))
+    with pytest.raises(InputError, match="broken.nii.gz: cannot be read"):
+        _fit(datalist, target)
+    assert target.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.nii.gz", "datalist.json", "memory.npz"]
