@@ -24,7 +24,8 @@ Parts (each method runs on the same data, in the file's voxel grid reoriented to
 - **Normal scans** (sample level): the scan score (mean of the top 0.1% of the map inside the lung region) of each
   normal chest scan (``normal/chest_*``) and of lung2, and the sample AUROC (normals vs lung2). A method fitted on
   normal scans (``local_zscore``, ``descriptor_knn``, ``descriptor_knn_depth``) is fitted leave-one-out when scoring
-  a normal scan, on all of them for lung2 and for the LIDC crops.
+  a normal scan, on all of them for lung2 and for the LIDC crops, and its map is divided by the 99.9th percentile of
+  its map over its own training normals, so that the scores of different fits share a scale.
 
 Adding a method
 ---------------
@@ -159,7 +160,12 @@ def _intensity_rule(ctx: BenchmarkContext) -> MapFn:
 
 def _fitted_on_normals(name: str, fit: Callable[[list, list, list], Callable]) -> Callable[[BenchmarkContext], MapFn]:
     """Factory of a method fitted on the context's normal scans (``fit(images, lung_regions, spacings)`` returns
-    ``scorer(image_hu, lung_region, spacing)``), fitted once per set of training scans and scored in the lung region."""
+    ``scorer(image_hu, lung_region, spacing)``), fitted once per set of training scans and scored in the lung region.
+
+    The map is divided by the 99.9th percentile of the scorer over its own training normals' lung regions (a unit
+    from normal data only), so that the scan scores of different leave-one-out fits share one scale; the voxel-level
+    metrics of a scan do not change (one positive factor per fit).
+    """
 
     def factory(ctx: BenchmarkContext) -> MapFn:
         key = (name, tuple(str(p) for p in ctx.training_paths))
@@ -168,11 +174,14 @@ def _fitted_on_normals(name: str, fit: Callable[[list, list, list], Callable]) -
             if not data:
                 raise ValueError(f"{name} needs at least one normal training scan.")
             imgs, lungs, sps = zip(*data)
-            ctx.cache[key] = fit(list(imgs), list(lungs), list(sps))
-        scorer = ctx.cache[key]
+            scorer = fit(list(imgs), list(lungs), list(sps))
+            values = np.concatenate([scorer(i, m, s)[m] for i, m, s in data])
+            unit = float(np.percentile(values, 99.9)) if values.size else 1.0
+            ctx.cache[key] = (scorer, unit if unit > 0 else 1.0)
+        scorer, unit = ctx.cache[key]
 
         def fn(path, image_hu, affine, spacing):
-            return scorer(image_hu, ctx.lung_mask(image_hu, spacing), spacing)
+            return scorer(image_hu, ctx.lung_mask(image_hu, spacing), spacing) / np.float32(unit)
 
         return fn
 

@@ -47,6 +47,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     f.add_argument("--k", type=int, default=10)
     f.add_argument("--bank-size", type=int, default=120_000)
     f.add_argument("--region", choices=("scan", "crop"), default="scan")
+    f.add_argument("--context", choices=("auto", "none", "lung_depth"), default="auto",
+                   help="auto: the lung-envelope depth for whole scans, none for crops")
     r = sub.add_parser("predict", help="write calibrated anomaly maps, reports and scores.csv")
     r.add_argument("--memory", required=True)
     r.add_argument("--output_dir", required=True)
@@ -57,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "fit":
             extra = fit_descriptor_memory(
                 args.datalist, args.out, BUNDLE, bundle_version(bundle_root(BUNDLE)), region=args.region, k=args.k,
-                bank_size=args.bank_size,
+                bank_size=args.bank_size, context=args.context,
             )
             print(json.dumps(extra))
             return 0

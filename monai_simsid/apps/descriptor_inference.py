@@ -103,12 +103,18 @@ class DescriptorPredictor(CalibratedMapPredictor):
     ) -> None:
         if not isinstance(knn, DescriptorKNN) or not knn.is_fitted:
             raise ValueError("knn must be a fitted DescriptorKNN.")
+        if knn.context == "lung_depth" and region != "scan":
+            raise ValueError(
+                f"this memory describes voxels by their depth in the lung envelope (context 'lung_depth'), which needs "
+                f"whole chest scans; region {region!r} cannot use it (fit a memory with region 'crop' for VOIs)."
+            )
         settings = {
             "method": "descriptor_knn",
             "region": region,
             "grid": "input voxel grid (computed in closest-RAS voxel order)",
             "hu_clip": list(HU_RANGE),
             "scales_mm": list(knn.scales_mm),
+            "context": knn.context,
         }
         preparer = DescriptorCasePreparer(region, check_ct)
         super().__init__(preparer, calibration, bundle_name, bundle_version, settings, **output_settings)

@@ -92,8 +92,11 @@ def lung_envelope_depth(image_hu: Any, spacing: Sequence[float], mask: Any = Non
     ``DEPTH_RANGE_MM``: positive inside, negative outside.
 
     The envelope is :func:`~monai_simsid.apps.rules.lung_region_mask` without its final dilation (air inside the
-    body, closed by 20 mm). Distances are computed on the envelope's bounding box grown by the clip range (exact
-    within it); a scan without an envelope gets the outside limit everywhere.
+    body, closed by 20 mm). The edge of the field of view counts as the envelope's boundary: where a scan cuts the
+    lungs, what lies beyond is unknown, so a voxel near the cut is not called deep (a cropped field of view would
+    otherwise put soft tissue at its edge deep inside the envelope). Distances are computed on the envelope's
+    bounding box grown by the clip range (the same as on the whole array); a scan without an envelope gets the
+    outside limit everywhere.
 
     Args:
         image_hu: chest CT ``(X, Y, Z)`` in HU, axis 2 axial.
@@ -110,9 +113,9 @@ def lung_envelope_depth(image_hu: Any, spacing: Sequence[float], mask: Any = Non
     depth = np.full(img.shape, DEPTH_RANGE_MM[0], dtype=np.float32)
     if env.any():
         box = _bbox(env, np.ceil(-DEPTH_RANGE_MM[0] / sp).astype(int) + 2)
-        inner = env[box]
+        inner = np.pad(env[box], 1)  # the field of view's edge is outside the envelope
         signed = ndimage.distance_transform_edt(inner, sampling=sp) - ndimage.distance_transform_edt(~inner, sampling=sp)
-        depth[box] = np.clip(signed, *DEPTH_RANGE_MM)
+        depth[box] = np.clip(signed[(slice(1, -1),) * img.ndim], *DEPTH_RANGE_MM)
     return depth[mask]
 
 

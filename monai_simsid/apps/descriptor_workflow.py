@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from monai_simsid.apps.calibration import compute_calibration
-from monai_simsid.apps.descriptor_knn import DEFAULT_SCALES_MM, DescriptorKNN
+from monai_simsid.apps.descriptor_knn import CONTEXTS, DEFAULT_SCALES_MM, DescriptorKNN
 from monai_simsid.apps.rules import crop_lung_region_mask, lung_region_mask
 from monai_simsid.data.datalist import load_datalist, split_sections
 from monai_simsid.data.datasets import select_calibration_items
@@ -54,6 +54,7 @@ __all__ = [
     "load_descriptor_memory",
     "load_scan_region",
     "region_scan_score",
+    "resolve_context",
     "to_canonical",
 ]
 
@@ -68,6 +69,26 @@ def _check_region(region: str) -> str:
     if region not in REGIONS:
         raise ValueError(f"region must be one of {REGIONS}, got {region!r}.")
     return region
+
+
+def resolve_context(region: str, context: str | None = "auto") -> str | None:
+    """The descriptor context for ``region``: ``"auto"`` is ``"lung_depth"`` for whole scans and None for crops;
+    ``"none"`` is None (a command line cannot pass None).
+
+    Raises:
+        ValueError: on an unknown region or context, or ``"lung_depth"`` with ``region="crop"`` (a VOI inside the lung
+            has no lung envelope).
+    """
+    _check_region(region)
+    if context == "auto":
+        return "lung_depth" if region == "scan" else None
+    if context == "none":
+        return None
+    if context not in CONTEXTS:
+        raise ValueError(f"context must be 'auto' or one of {CONTEXTS}, got {context!r}.")
+    if context == "lung_depth" and region == "crop":
+        raise ValueError("context 'lung_depth' needs whole chest scans (region 'scan'): a crop has no lung envelope.")
+    return context
 
 
 def to_canonical(array: np.ndarray, ornt: np.ndarray) -> np.ndarray:
@@ -156,6 +177,7 @@ def fit_descriptor_memory(
     k: int = 10,
     bank_size: int = 120_000,
     seed: int = 0,
+    context: str | None = "auto",
     fpr: float = 0.05,
     voxel_fpr: float = 0.001,
     topk_fraction: float = 0.001,
@@ -177,6 +199,8 @@ def fit_descriptor_memory(
         bundle_name, bundle_version: recorded in the file (inference checks the bundle name).
         region: ``"scan"`` or ``"crop"`` (see :func:`load_scan_region`).
         scales_mm, k, bank_size, seed: the memory's settings (see :class:`DescriptorKNN`).
+        context: the descriptor's context feature (see :func:`resolve_context`; ``"auto"``: the lung-envelope depth
+            for whole scans, none for crops).
         fpr, voxel_fpr: false-positive rates of the scan and voxel thresholds on normal data.
         topk_fraction: fraction of lung-region voxels averaged by the scan score.
         max_voxels_per_scan: voxel samples per calibration scan.
@@ -189,8 +213,7 @@ def fit_descriptor_memory(
         ValueError: on bad settings (before anything is read).
         InputError: naming the file, for a bad datalist, no normal training scan, or a bad scan.
     """
-    _check_region(region)
-    knn = DescriptorKNN(scales_mm, k=k, bank_size=bank_size, seed=seed)
+    knn = DescriptorKNN(scales_mm, k=k, bank_size=bank_size, seed=seed, context=resolve_context(region, context))
     if not 0 < fpr < 1 or not 0 < voxel_fpr < 1:
         raise ValueError(f"fpr and voxel_fpr must be in (0, 1), got {fpr} and {voxel_fpr}.")
     if not 0 < topk_fraction <= 1:

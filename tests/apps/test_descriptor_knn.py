@@ -130,9 +130,13 @@ def test_lung_envelope_depth_is_signed_and_exact():
     depth = lung_envelope_depth(img, sp).reshape(img.shape)
     env = lung_region_mask(img, sp, dilation_mm=0.0)
     assert env.any() and np.all(depth[env] > 0) and np.all(depth[~env] <= 0)
-    # the bounding-box computation equals the whole-array signed distance, clipped
-    full = ndimage.distance_transform_edt(env, sampling=sp) - ndimage.distance_transform_edt(~env, sampling=sp)
-    np.testing.assert_allclose(depth, np.clip(full, *DEPTH_RANGE_MM), atol=1e-4)
+    # the bounding-box computation equals the whole-array signed distance (the array's edge outside), clipped
+    padded = np.pad(env, 1)
+    full = ndimage.distance_transform_edt(padded, sampling=sp) - ndimage.distance_transform_edt(~padded, sampling=sp)
+    np.testing.assert_allclose(depth, np.clip(full[1:-1, 1:-1, 1:-1], *DEPTH_RANGE_MM), atol=1e-4)
+    # a field of view cut through the lungs: voxels at the cut are not deep
+    cut = lung_envelope_depth(img[:, :, 20:], sp).reshape(img[:, :, 20:].shape)
+    assert np.all(cut[:, :, 0] <= 3.0) and np.all(cut[:, :, 0][env[:, :, 20]] > 0)
     mask = env & (np.arange(img.shape[0])[:, None, None] < 32)
     np.testing.assert_allclose(lung_envelope_depth(img, sp, mask), depth[mask])
     air = np.full((20, 20, 20), -1000.0, np.float32)  # no body, no envelope: the outside limit everywhere

@@ -24,6 +24,7 @@ from monai_simsid.apps.descriptor_workflow import (
     fit_descriptor_memory,
     from_canonical,
     load_descriptor_memory,
+    resolve_context,
     to_canonical,
 )
 from monai_simsid.data.datalist import load_datalist
@@ -61,6 +62,7 @@ def test_canonical_order_is_turned_back_exactly(affine):
 def test_fit_writes_one_calibrated_file_and_records_its_normals(memory, chest_datalist):
     knn, extra = load_descriptor_memory(memory, BUNDLE)
     assert knn.k == 5 and knn.bank.shape[0] == 3000 and extra["bundle"] == BUNDLE and extra["region"] == "scan"
+    assert knn.context == "lung_depth"  # "auto" for whole scans: the lung-envelope depth is part of the descriptor
     assert extra["calibrated_on"] == "validation" and extra["n_training"] == 3 and extra["n_calibration"] == 1
     cal = extra["calibration"]
     assert cal["source"] == "1 validation normal scan(s)" and cal["score_method"] == "topk"
@@ -112,6 +114,12 @@ def test_a_dense_nodule_scores_above_the_rest_of_the_lung(predictor, chest_datal
     assert pred.score > predictor.predict(normal).score
 
 
+def test_context_follows_the_region():
+    assert resolve_context("scan") == "lung_depth" and resolve_context("crop") is None
+    assert resolve_context("scan", None) is None and resolve_context("scan", "lung_depth") == "lung_depth"
+    assert resolve_context("scan", "none") is None and resolve_context("crop", "none") is None
+
+
 def test_bad_memory_files_are_input_errors_naming_them(memory, tmp_path):
     with pytest.raises(InputError, match="missing.npz"):
         load_descriptor_memory(tmp_path / "missing.npz", BUNDLE)
@@ -138,7 +146,13 @@ def test_bad_settings_fail_early_and_bad_scans_name_the_file(memory, chest_datal
         DescriptorPredictor(knn, cal, BUNDLE, "0", score_method="discriminator")
     with pytest.raises(ValueError, match="no calibration"):
         DescriptorPredictor(knn, None, BUNDLE, "0")
-    for kw, msg in (({"region": "lobe"}, "region"), ({"fpr": 0.0}, "fpr"), ({"k": 0}, "k must")):
+    with pytest.raises(ValueError, match="whole chest scans"):  # a crop has no lung envelope
+        DescriptorPredictor(knn, cal, BUNDLE, "0", region="crop")
+    bad_settings = (
+        ({"region": "lobe"}, "region"), ({"fpr": 0.0}, "fpr"), ({"k": 0}, "k must"),
+        ({"context": "depth"}, "context must"), ({"region": "crop", "context": "lung_depth"}, "whole chest scans"),
+    )
+    for kw, msg in bad_settings:
         with pytest.raises(ValueError, match=msg):  # before the datalist is read
             _fit(tmp_path / "absent.json", tmp_path / "m.npz", **kw)
     labelled = tmp_path / "labelled.json"
