@@ -136,7 +136,7 @@ def test_benchmark_helpers_and_model_method():
     score[1, 1, 1] = score[2, 2, 2] = 1.0  # two tied top voxels, one on the lesion
     assert bench.top_voxel_hit(score, lesion) == pytest.approx(0.5)
     assert bench.scan_score(score, np.ones_like(lesion)) == pytest.approx(1.0)
-    assert set(bench.METHODS) >= {"intensity_rule", "local_zscore", "descriptor_knn"}
+    assert set(bench.METHODS) >= {"intensity_rule", "local_zscore", "descriptor_knn", "descriptor_knn_depth"}
     factory = bench.resolve_method("model:simsid_ct:/tmp/no_such_ckpt.pt")
     fn = factory(bench.BenchmarkContext(Path("."), []))
     with pytest.raises(Exception, match="no_such_ckpt.pt"):  # a missing checkpoint is a clear error
@@ -146,6 +146,31 @@ def test_benchmark_helpers_and_model_method():
     with pytest.raises(ValueError):
         bench.resolve_method("nope")
     assert bench.main(["--data-dir", str(REPO / "no_such_folder")]) == 0  # absent data: skipped
+
+
+def test_benchmark_normal_fitted_methods_share_a_scale(phantom):
+    """A normal-fitted method's map is divided by the 99.9th percentile of its map over its own training normals."""
+    bench = _benchmark_module()
+    img, sp = phantom[1], tuple(phantom[0].spacing)
+    fits = []
+
+    def fit(images, lungs, spacings):
+        factor = 3.0 * len(images)  # a scale that depends on the fit, as a kNN distance does on its bank
+        fits.append(len(images))
+        return lambda image, lung, spacing: np.where(lung, factor * (image + 1000.0) / 1000.0, 0.0).astype(np.float32)
+
+    ctx = bench.BenchmarkContext(Path("."), [Path("a.nii.gz"), Path("b.nii.gz")])
+    lung = bench.lung_region_mask(img, sp)
+    for p in ctx.training_paths:
+        ctx.cache[("normal", str(p))] = (img, lung, sp, np.eye(4))
+    fn = bench._fitted_on_normals("toy", fit)(ctx)
+    out = fn(Path("x.nii.gz"), img, np.eye(4), sp)
+    raw = (6.0 * (img + 1000.0) / 1000.0).astype(np.float32)  # the two training scans are this one
+    unit = np.percentile(np.concatenate([raw[lung], raw[lung]]), 99.9)
+    np.testing.assert_allclose(out[lung], raw[lung] / unit, rtol=1e-5)
+    assert np.percentile(out[lung], 99.9) == pytest.approx(1.0, rel=1e-2) and np.all(out[~lung] == 0)
+    bench._fitted_on_normals("toy", fit)(ctx)
+    assert fits == [2]  # fitted once per set of training scans (cached in the context)
 
 
 @pytest.mark.realdata
