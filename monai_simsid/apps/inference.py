@@ -498,15 +498,15 @@ class AnomalyPredictor(CalibratedMapPredictor):
         bundle_name, bundle_version: written to every report.
         preprocessing_settings: written to every report.
         device: where the model runs.
-        score_method: scan score method (see :func:`~monai_simsid.inferers.scoring.scan_score`); None uses the one
-            the checkpoint was calibrated for (a different one would make the threshold meaningless: ValueError).
-        sigma_mm, min_volume_mm3: post-processing (smoothing, minimum component volume).
-        write_png, write_seg: optional outputs.
-        num_workers: worker processes that load and preprocess the next case(s) of :meth:`run` while the model runs
-            on the current one (each holds at most one prepared case ahead, so memory stays bounded). 0 does
-            everything in this process, one case after the other; a single input always runs in this process.
-        multiprocessing_context: start method of the workers (``"fork"``, ``"spawn"``, ``"forkserver"``); None is the
-            platform default (fork on Linux: no re-import, cheap to start).
+        output_settings: ``score_method`` (see :func:`~monai_simsid.inferers.scoring.scan_score`; None uses the one
+            the checkpoint was calibrated for, a different one would make the threshold meaningless: ValueError),
+            ``sigma_mm`` and ``min_volume_mm3`` (post-processing: smoothing, minimum component volume),
+            ``write_png`` and ``write_seg`` (optional outputs), ``num_workers`` (worker processes that load and
+            preprocess the next case(s) of :meth:`run` while the model runs on the current one; each holds at most
+            one prepared case ahead, so memory stays bounded; 0 does everything in this process, one case after the
+            other; a single input always runs in this process) and ``multiprocessing_context`` (start method of the
+            workers, ``"fork"``, ``"spawn"``, ``"forkserver"``; None is the platform default, fork on Linux: no
+            re-import, cheap to start); see :class:`CalibratedMapPredictor`.
     """
 
     def __init__(
@@ -519,19 +519,10 @@ class AnomalyPredictor(CalibratedMapPredictor):
         bundle_version: str,
         preprocessing_settings: Mapping[str, Any] | None = None,
         device: str | torch.device = "cpu",
-        score_method: str | None = None,
-        sigma_mm: float = 1.5,
-        min_volume_mm3: float = 100.0,
-        write_png: bool = True,
-        write_seg: bool = True,
-        num_workers: int = 0,
-        multiprocessing_context: str | None = None,
+        **output_settings: Any,
     ) -> None:
-        super().__init__(
-            CasePreparer(preprocessing, preprocessing_settings), calibration, bundle_name, bundle_version,
-            preprocessing_settings, score_method, sigma_mm, min_volume_mm3, write_png, write_seg, num_workers,
-            multiprocessing_context,
-        )
+        preparer = CasePreparer(preprocessing, preprocessing_settings)
+        super().__init__(preparer, calibration, bundle_name, bundle_version, preprocessing_settings, **output_settings)
         self.network = network.to(device).eval()
         self.inferer = inferer
         self.preprocessing = preprocessing
