@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -195,16 +195,35 @@ class DescriptorKNN:
                 "normal_images_hu, normal_masks and spacings must be non-empty and of the same length, got "
                 f"{len(normal_images_hu)}, {len(normal_masks)} and {len(spacings)}."
             )
-        feats = np.concatenate(
-            [_descriptors(i, s, m, self.scales_mm, self.context) for i, m, s in zip(normal_images_hu, normal_masks, spacings)]
-        )
-        if feats.shape[0] < self.k:
-            raise ValueError(f"the normal masks hold {feats.shape[0]} voxels; at least k={self.k} are needed.")
+        return self.fit_scans(zip(normal_images_hu, normal_masks, spacings))
+
+    def fit_scans(self, scans: Iterable[tuple[Any, Any, Sequence[float]]]) -> DescriptorKNN:
+        """Build the bank from ``(image_hu, mask, spacing)`` normal scans read one at a time (e.g. a generator that
+        loads them), so memory holds one scan and the bank, however many scans there are.
+
+        The bank is a uniform random sample (without replacement) of ``bank_size`` of all the scans' mask voxels:
+        every voxel gets a seeded uniform random key and the bank keeps the smallest keys seen so far.
+
+        Raises:
+            ValueError: when there is no scan, or the masks hold fewer than ``k`` voxels in all.
+        """
         rng = np.random.default_rng(self.seed)
-        if feats.shape[0] > self.bank_size:
-            feats = feats[np.sort(rng.choice(feats.shape[0], self.bank_size, replace=False))]
-        scale = np.maximum(feats.astype(np.float64).std(axis=0), 1e-3)
-        self._set(feats / scale, scale)
+        bank = np.zeros((0, self.num_features), dtype=np.float32)
+        keys = np.zeros(0)
+        n_scans = n_voxels = 0
+        for image, mask, spacing in scans:
+            feats = _descriptors(image, spacing, mask, self.scales_mm, self.context)
+            n_scans, n_voxels = n_scans + 1, n_voxels + feats.shape[0]
+            bank, keys = np.concatenate([bank, feats]), np.concatenate([keys, rng.random(feats.shape[0])])
+            if keys.size > self.bank_size:
+                keep = np.sort(np.argpartition(keys, self.bank_size - 1)[: self.bank_size])
+                bank, keys = bank[keep], keys[keep]
+        if n_scans == 0:
+            raise ValueError("no normal scan to fit on.")
+        if n_voxels < self.k:
+            raise ValueError(f"the normal masks hold {n_voxels} voxels; at least k={self.k} are needed.")
+        scale = np.maximum(bank.astype(np.float64).std(axis=0), 1e-3)
+        self._set(bank / scale, scale)
         return self
 
     def _set(self, bank: np.ndarray, scale: np.ndarray) -> None:

@@ -186,12 +186,12 @@ def fit_descriptor_memory(
 ) -> dict[str, Any]:
     """Fit the memory on a datalist's training normals, calibrate it on normal scans and write one file atomically.
 
-    The bank is a sample of the lung-region descriptors of the ``training`` normals (entries without a ``label``;
-    they are held in memory together while the bank is built). The calibration runs the fitted memory on the
-    ``validation`` normals, or on the training normals when the datalist has none (optimistic thresholds; logged
-    and recorded as ``calibrated_on``): scan threshold from their ``topk`` scan scores at ``fpr``, voxel threshold
-    at ``voxel_fpr`` of their lung-region voxels (up to ``max_voxels_per_scan`` sampled per scan, seeded). No
-    lesion label is read.
+    The bank is a uniform sample of the lung-region descriptors of the ``training`` normals (entries without a
+    ``label``), read one scan at a time (:meth:`DescriptorKNN.fit_scans`). The calibration runs the fitted memory
+    on the ``validation`` normals, or on the training normals when the datalist has none (optimistic thresholds;
+    logged and recorded as ``calibrated_on``): scan threshold from their ``topk`` scan scores at ``fpr``, voxel
+    threshold at ``voxel_fpr`` of their lung-region voxels (up to ``max_voxels_per_scan`` sampled per scan,
+    seeded). No lesion label is read.
 
     Args:
         datalist: Decathlon-style datalist (``training`` and optional ``validation`` sections).
@@ -227,14 +227,12 @@ def fit_descriptor_memory(
     calib, source = select_calibration_items(val, train)
     loader = LoadCT(check_ct=check_ct)
 
-    images, lungs, spacings = [], [], []
-    for e in train:
-        scan = load_scan_region(e["image"], region, loader)
-        images.append(to_canonical(scan.image_hu, scan.ornt))
-        lungs.append(to_canonical(scan.region, scan.ornt))
-        spacings.append(scan.spacing)
-    knn.fit(images, lungs, spacings)
-    del images, lungs
+    def training_scans():  # read one at a time: memory holds one scan and the bank, however many scans there are
+        for e in train:
+            scan = load_scan_region(e["image"], region, loader)
+            yield to_canonical(scan.image_hu, scan.ornt), to_canonical(scan.region, scan.ornt), scan.spacing
+
+    knn.fit_scans(training_scans())
 
     rng = np.random.default_rng(seed)
     scores, voxels = [], []

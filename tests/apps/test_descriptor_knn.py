@@ -179,3 +179,20 @@ def test_context_is_validated_and_kept_in_the_state(tmp_path):
     np.testing.assert_array_equal(again(img, region, sp), knn(img, region, sp))
     with pytest.raises(ValueError, match="do not fit"):  # a context-free state cannot take this bank
         DescriptorKNN.from_dict({**knn.state_dict(), "context": None})
+
+
+def test_fit_scans_streams_a_uniform_sample_of_all_scans():
+    """Scans read one at a time give the same bank as lists, and the bank samples every voxel alike."""
+    sp = (1.0, 1.0, 1.0)
+    images = [np.full((30, 30, 30), hu, np.float32) for hu in (-800.0, -600.0)]
+    masks = [np.ones((30, 30, 30), bool), np.zeros((30, 30, 30), bool)]
+    masks[1][:10] = True  # 9000 voxels against 27000
+    knn = DescriptorKNN(scales_mm=(2.0,), k=3, bank_size=4000, seed=3)
+    streamed = knn.fit_scans(iter(list(zip(images, masks, [sp, sp])))).bank.copy()
+    np.testing.assert_array_equal(streamed, knn.fit(images, masks, [sp, sp]).bank)
+    raw = knn.bank[:, 0] * knn.scale[0]
+    from_first = int(np.sum(np.abs(raw + 800.0) < 1.0))
+    assert from_first + int(np.sum(np.abs(raw + 600.0) < 1.0)) == 4000
+    assert abs(from_first - 3000) < 150  # 27000 of 36000 voxels: 3/4 of the bank (hypergeometric sd ~24)
+    with pytest.raises(ValueError, match="no normal scan"):
+        knn.fit_scans(iter([]))
