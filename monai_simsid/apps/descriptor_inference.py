@@ -119,7 +119,9 @@ class DescriptorPredictor(CalibratedMapPredictor):
         preparer = DescriptorCasePreparer(region, check_ct)
         super().__init__(preparer, calibration, bundle_name, bundle_version, settings, **output_settings)
         if self.score_method != "topk":
-            raise ValueError(f"the descriptor memory is calibrated for the 'topk' scan score, not {self.score_method!r}.")
+            raise ValueError(
+                f"the descriptor memory is calibrated for the 'topk' scan score, not {self.score_method!r}."
+            )
         self.knn = knn
         info = dict(memory_info or {})
         self.memory_info = {key: info[key] for key in ("calibrated_on", "n_training", "n_calibration") if key in info}

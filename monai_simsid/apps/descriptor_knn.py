@@ -114,12 +114,15 @@ def lung_envelope_depth(image_hu: Any, spacing: Sequence[float], mask: Any = Non
     if env.any():
         box = _bbox(env, np.ceil(-DEPTH_RANGE_MM[0] / sp).astype(int) + 2)
         inner = np.pad(env[box], 1)  # the field of view's edge is outside the envelope
-        signed = ndimage.distance_transform_edt(inner, sampling=sp) - ndimage.distance_transform_edt(~inner, sampling=sp)
+        inside = ndimage.distance_transform_edt(inner, sampling=sp)
+        signed = inside - ndimage.distance_transform_edt(~inner, sampling=sp)
         depth[box] = np.clip(signed[(slice(1, -1),) * img.ndim], *DEPTH_RANGE_MM)
     return depth[mask]
 
 
-def _descriptors(image_hu: Any, spacing: Sequence[float], mask: Any, scales_mm: Sequence[float], context: str | None) -> np.ndarray:
+def _descriptors(
+    image_hu: Any, spacing: Sequence[float], mask: Any, scales_mm: Sequence[float], context: str | None
+) -> np.ndarray:
     feats = multiscale_descriptors(image_hu, spacing, mask, scales_mm)
     if context == "lung_depth":
         feats = np.concatenate([feats, lung_envelope_depth(image_hu, spacing, mask)[:, None]], axis=1)
