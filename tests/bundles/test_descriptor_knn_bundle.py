@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from monai.bundle import ConfigWorkflow
 
-from conftest import bundle_config, oblique_affine
+from conftest import SHARED_CT, bundle_config, oblique_affine
 from monai_simsid.apps.descriptor_workflow import load_descriptor_memory
 from monai_simsid.utils.errors import find_input_error
 
@@ -128,3 +128,26 @@ def test_a_missing_or_invalid_memory_file_is_one_error_naming_it(tmp_path):
             wf.run()
         err = find_input_error(info.value)
         assert err is not None and err.path == str(path) and problem in err.problem
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not SHARED_CT.is_dir(), reason=f"real CT data not found at {SHARED_CT}")
+def test_real_ct_lung2_is_anomalous_and_its_first_finding_is_the_tumour(tmp_path):
+    """Fitted on the three normal chest scans of ../shared (default settings, no label read), the bundle calls lung2
+    anomalous and its first finding lies on the tumour (docs/benchmarks.md measured 66% tumour voxels)."""
+    normals = sorted(str(p) for p in (SHARED_CT / "normal").glob("chest_*.nii.gz"))
+    assert len(normals) == 3
+    datalist = tmp_path / "datalist.json"
+    lung2 = str(SHARED_CT / "lesion" / "lung2_ct.nii.gz")
+    datalist.write_text(json.dumps({"training": [{"image": p} for p in normals], "test": [{"image": lung2}]}))
+    _run(bundle_config(BUNDLE, "train.json"), datalist=str(datalist), output_dir=str(tmp_path / "train"))
+    out = tmp_path / "pred"
+    _run(_inference_configs(), ckpt_path=str(tmp_path / "train" / "models" / "memory.npz"), datalist=str(datalist),
+         output_dir=str(out), write_png=False, num_workers=0)  # fmt: skip
+    report = json.loads((out / "lung2_ct" / "lung2_ct_report.json").read_text())
+    assert report["label"] == "anomalous" and report["score"] > 0.5
+    tumour = np.asarray(nib.load(str(SHARED_CT / "lesion" / "lung2_lesion.nii.gz")).dataobj) > 0
+    mask = np.asarray(nib.load(str(out / "lung2_ct" / "lung2_ct_anomaly_mask.nii.gz")).dataobj)
+    first = report["findings"][0]
+    assert tumour[tuple(first["peak_voxel"])]
+    assert tumour[mask == first["id"]].mean() > 0.5
