@@ -127,14 +127,24 @@ def load_scan_region(path: str | os.PathLike, region: str = "scan", loader: Load
         path: a CT file or DICOM folder.
         region: ``"scan"`` (:func:`~monai_simsid.apps.rules.lung_region_mask`, a chest CT) or ``"crop"``
             (:func:`~monai_simsid.apps.rules.crop_lung_region_mask`, a small VOI inside the lung).
-        loader: the CT reader (default ``LoadCT()``, which checks the intensities look like HU).
+        loader: the CT reader (default ``LoadCT()``, which checks the intensities look like HU). A VOI inside the
+            lung need not hold bone, so for ``"crop"`` that check only asks for lung or air (a value below -500 HU)
+            instead of the whole-scan check (which also asks for a value above 100 HU).
 
     Raises:
-        InputError: naming ``path``, when it cannot be read, is not a 3D CT, or (``"scan"``) has no lung region.
+        InputError: naming ``path``, when it cannot be read, is not a 3D CT, its intensities do not look like HU,
+            or (``"scan"``) it has no lung region.
         ValueError: on an unknown ``region``.
     """
     _check_region(region)
-    image = (loader or LoadCT())(path)
+    loader = loader or LoadCT()
+    if region == "crop" and loader.check_ct:
+        image = LoadCT(check_ct=False)(path)
+        if float(image.min()) > -500.0:
+            raise InputError(path, f"intensities [{float(image.min()):.4g}, {float(image.max()):.4g}] do not look like "
+                             "a lung VOI in Hounsfield units (no value below -500 HU); pass check_ct=False to bypass")
+    else:
+        image = loader(path)
     affine = np.asarray(image.affine, dtype=np.float64)
     image_hu = np.asarray(image[0], dtype=np.float32)
     ornt = nib.orientations.io_orientation(affine)

@@ -168,6 +168,21 @@ def test_bad_settings_fail_early_and_bad_scans_name_the_file(memory, chest_datal
     assert DescriptorCasePreparer("crop", check_ct=False)({"image": solid})["region"].all()
 
 
+def test_a_lung_voi_without_bone_passes_the_crop_check_only(ct_file):
+    """A nodule VOI inside the lung holds no value above 100 HU: whole-scan CT check fails, the crop check passes;
+    an image that is not in HU fails both, naming the file."""
+    rng = np.random.default_rng(0)
+    voi = rng.normal(-850.0, 20.0, (24, 24, 24)).astype(np.float32)
+    voi[9:15, 9:15, 9:15] = 30.0
+    path = str(ct_file(voi, name="voi.nii.gz"))
+    with pytest.raises(InputError, match="voi.nii.gz: intensities"):
+        DescriptorCasePreparer("scan")({"image": path})
+    assert DescriptorCasePreparer("crop")({"image": path})["region"].all()
+    scaled = str(ct_file((voi + 1000.0) / 1400.0, name="scaled.nii.gz"))  # normalised to about [0, 1]
+    with pytest.raises(InputError, match="scaled.nii.gz: .*lung VOI"):
+        DescriptorCasePreparer("crop")({"image": scaled})
+
+
 def test_a_bad_training_scan_names_the_file_and_leaves_the_old_memory(memory, chest_datalist, tmp_path):
     target = tmp_path / "memory.npz"
     shutil.copy(memory, target)
