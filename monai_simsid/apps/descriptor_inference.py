@@ -52,7 +52,7 @@ class DescriptorCasePreparer:
         if region not in REGIONS:
             raise ValueError(f"region must be one of {REGIONS}, got {region!r}.")
         self.region = region
-        self.loader = LoadCT(check_ct=bool(check_ct))
+        self.loader = LoadCT(check_ct=bool(check_ct), require_bone=region == "scan")
 
     def __call__(self, item: Mapping[str, Any]) -> dict:
         t0 = time.perf_counter()

@@ -42,6 +42,7 @@ from monai_simsid.data.datalist import load_datalist, split_sections
 from monai_simsid.data.datasets import select_calibration_items
 from monai_simsid.inferers.scoring import scan_score
 from monai_simsid.transforms.io.array import LoadCT
+from monai_simsid.transforms.post.array import spacing_from_affine
 from monai_simsid.utils.errors import InputError
 
 __all__ = [
@@ -127,9 +128,8 @@ def load_scan_region(path: str | os.PathLike, region: str = "scan", loader: Load
         path: a CT file or DICOM folder.
         region: ``"scan"`` (:func:`~monai_simsid.apps.rules.lung_region_mask`, a chest CT) or ``"crop"``
             (:func:`~monai_simsid.apps.rules.crop_lung_region_mask`, a small VOI inside the lung).
-        loader: the CT reader (default ``LoadCT()``, which checks the intensities look like HU). A VOI inside the
-            lung need not hold bone, so for ``"crop"`` that check only asks for lung or air (a value below -500 HU)
-            instead of the whole-scan check (which also asks for a value above 100 HU).
+        loader: the CT reader (default ``LoadCT()``, which checks the intensities look like HU; without the
+            check for bone with ``"crop"``: a VOI inside the lung need not hold any).
 
     Raises:
         InputError: naming ``path``, when it cannot be read, is not a 3D CT, its intensities do not look like HU,
@@ -137,18 +137,11 @@ def load_scan_region(path: str | os.PathLike, region: str = "scan", loader: Load
         ValueError: on an unknown ``region``.
     """
     _check_region(region)
-    loader = loader or LoadCT()
-    if region == "crop" and loader.check_ct:
-        image = LoadCT(check_ct=False)(path)
-        if float(image.min()) > -500.0:
-            raise InputError(path, f"intensities [{float(image.min()):.4g}, {float(image.max()):.4g}] do not look like "
-                             "a lung VOI in Hounsfield units (no value below -500 HU); pass check_ct=False to bypass")
-    else:
-        image = loader(path)
+    image = (loader or LoadCT(require_bone=region == "scan"))(path)
     affine = np.asarray(image.affine, dtype=np.float64)
     image_hu = np.asarray(image[0], dtype=np.float32)
     ornt = nib.orientations.io_orientation(affine)
-    zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    zooms = spacing_from_affine(affine)
     spacing = tuple(float(zooms[int(ax)]) for ax in ornt[:, 0].argsort())
     canonical = to_canonical(image_hu, ornt)
     if region == "crop":
@@ -235,7 +228,7 @@ def fit_descriptor_memory(
         raise InputError(datalist, "the 'training' section holds no normal scan (entries without a 'label')")
     val = _normals(datalist, "validation")
     calib, source = select_calibration_items(val, train)
-    loader = LoadCT(check_ct=check_ct)
+    loader = LoadCT(check_ct=check_ct, require_bone=region == "scan")
 
     def training_scans():  # read one at a time: memory holds one scan and the bank, however many scans there are
         for e in train:

@@ -16,14 +16,22 @@ from monai_simsid.utils.errors import InputError
 __all__ = ["LoadCT", "check_ct_intensities", "check_dicom_series", "validate_ct"]
 
 
-def check_ct_intensities(img: np.ndarray | torch.Tensor, path: str | os.PathLike | None = None) -> None:
+def check_ct_intensities(
+    img: np.ndarray | torch.Tensor, path: str | os.PathLike | None = None, require_bone: bool = True
+) -> None:
     """Raise if the intensities are clearly not Hounsfield units.
 
     CT has air near -1000 HU and bone well above +100 HU. An image with ``max < 100`` or ``min > -500`` is likely
-    MRI or already normalised.
+    MRI or already normalised. A small VOI inside the lung (e.g. a nodule crop) holds no bone: with
+    ``require_bone=False`` only the air or lung below -500 HU is asked for.
     """
     arr = img.detach().cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img)
     lo, hi = float(arr.min()), float(arr.max())
+    if not require_bone:
+        if lo > -500:
+            raise InputError(path, f"intensities [{lo:.4g}, {hi:.4g}] do not look like a lung VOI in Hounsfield units "
+                             "(no value below -500 HU); pass check_ct=False to bypass")
+        return
     if hi < 100 or lo > -500:
         raise InputError(
             path,
@@ -32,8 +40,11 @@ def check_ct_intensities(img: np.ndarray | torch.Tensor, path: str | os.PathLike
         )
 
 
-def validate_ct(img: MetaTensor | torch.Tensor, path: str | os.PathLike | None, check_ct: bool = True) -> None:
-    """Validate a channel-first 3D CT volume: one channel, 3 spatial dims with more than one voxel, finite values."""
+def validate_ct(
+    img: MetaTensor | torch.Tensor, path: str | os.PathLike | None, check_ct: bool = True, require_bone: bool = True
+) -> None:
+    """Validate a channel-first 3D CT volume: one channel, 3 spatial dims with more than one voxel, finite values,
+    and (``check_ct``) HU intensities (see :func:`check_ct_intensities`)."""
     if img.ndim != 4:
         raise InputError(path, f"expected a 3D volume, got an array of shape {tuple(img.shape)}")
     if img.shape[0] != 1:
@@ -45,7 +56,7 @@ def validate_ct(img: MetaTensor | torch.Tensor, path: str | os.PathLike | None, 
         n = int((~torch.isfinite(torch.as_tensor(img))).sum())
         raise InputError(path, f"contains {n} non-finite (NaN or Inf) voxels")
     if check_ct:
-        check_ct_intensities(img, path)
+        check_ct_intensities(img, path, require_bone=require_bone)
 
 
 def check_dicom_series(folder: str | os.PathLike) -> None:
@@ -99,10 +110,14 @@ class LoadCT(Transform):
         check_ct: check that intensities look like Hounsfield units.
         is_label: the file is a mask: no intensity checks, integer values kept.
         dtype: output dtype.
+        require_bone: the HU check also asks for a value above 100 HU (False for a small VOI inside the lung).
     """
 
-    def __init__(self, check_ct: bool = True, is_label: bool = False, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(
+        self, check_ct: bool = True, is_label: bool = False, dtype: torch.dtype = torch.float32, require_bone: bool = True
+    ) -> None:
         self.check_ct = check_ct
+        self.require_bone = require_bone
         self.is_label = is_label
         self.dtype = dtype
         self._nib = LoadImage(reader="NibabelReader", image_only=True, ensure_channel_first=False, dtype=None)
@@ -135,7 +150,7 @@ class LoadCT(Transform):
             if not torch.isfinite(img).all():
                 raise InputError(p, "label contains non-finite values")
             return img.to(torch.float32)
-        validate_ct(img, p, check_ct=self.check_ct)
+        validate_ct(img, p, check_ct=self.check_ct, require_bone=self.require_bone)
         return img.to(self.dtype)
 
     @staticmethod

@@ -25,6 +25,7 @@ class LoadCTd(MapTransform):
         label_keys: keys loaded as masks (no CT checks); defaults to every key but the first.
         check_ct: check that the image intensities look like Hounsfield units.
         allow_missing_keys: skip keys that are absent (normal scans have no label).
+        require_bone: the HU check also asks for a value above 100 HU (False for a small VOI inside the lung).
     """
 
     def __init__(
@@ -33,10 +34,11 @@ class LoadCTd(MapTransform):
         label_keys: KeysCollection | None = None,
         check_ct: bool = True,
         allow_missing_keys: bool = True,
+        require_bone: bool = True,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.label_keys = set(self.keys[1:] if label_keys is None else ([label_keys] if isinstance(label_keys, str) else label_keys))
-        self.image_loader = LoadCT(check_ct=check_ct)
+        self.image_loader = LoadCT(check_ct=check_ct, require_bone=require_bone)
         self.label_loader = LoadCT(is_label=True)
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:

@@ -89,3 +89,27 @@ def test_shared_real_volumes_load(shared_ct):
         img = LoadCT()(path)
         assert img.ndim == 4 and img.shape[0] == 1
         assert float(img.min()) < -500
+
+
+def test_a_lung_voi_needs_no_bone_when_asked(tmp_path):
+    """``require_bone=False`` (a VOI inside the lung) asks only for lung or air below -500 HU."""
+    import nibabel as nib
+    import numpy as np
+    import pytest
+
+    from monai_simsid.transforms.io import LoadCT
+    from monai_simsid.transforms.io.dictionary import LoadCTd
+    from monai_simsid.utils.errors import InputError
+
+    voi = np.full((8, 8, 8), -850.0, np.float32)
+    voi[3:5, 3:5, 3:5] = 30.0
+    path = tmp_path / "voi.nii.gz"
+    nib.save(nib.Nifti1Image(voi, np.eye(4)), str(path))
+    with pytest.raises(InputError, match="voi.nii.gz: intensities .* above 100"):
+        LoadCT()(path)
+    assert float(LoadCT(require_bone=False)(path).max()) == pytest.approx(30.0)
+    assert LoadCTd(["image"], require_bone=False)({"image": str(path)})["image"].shape == (1, 8, 8, 8)
+    scaled = tmp_path / "scaled.nii.gz"
+    nib.save(nib.Nifti1Image((voi + 1000.0) / 1400.0, np.eye(4)), str(scaled))
+    with pytest.raises(InputError, match="scaled.nii.gz: .*lung VOI"):
+        LoadCT(require_bone=False)(scaled)
