@@ -93,14 +93,6 @@ def test_shared_real_volumes_load(shared_ct):
 
 def test_a_lung_voi_needs_no_bone_when_asked(tmp_path):
     """``require_bone=False`` (a VOI inside the lung) asks only for lung or air below -500 HU."""
-    import nibabel as nib
-    import numpy as np
-    import pytest
-
-    from monai_simsid.transforms.io import LoadCT
-    from monai_simsid.transforms.io.dictionary import LoadCTd
-    from monai_simsid.utils.errors import InputError
-
     voi = np.full((8, 8, 8), -850.0, np.float32)
     voi[3:5, 3:5, 3:5] = 30.0
     path = tmp_path / "voi.nii.gz"
