@@ -138,22 +138,17 @@ def write_scans(folder: Path, num_scans: int, size: list[int], spacing: list[flo
 
 
 def build_predictor(num_workers: int, device: str, sw_batch_size: int, overlap: float):
-    """The simsid_ct predictor with random weights and a placeholder calibration (no checkpoint needed)."""
-    from monai.bundle import ConfigParser
-
+    """The simsid_ct predictor with random weights and a placeholder calibration (no checkpoint needed); its
+    preprocessing is the training config's (three HU windows by default), as a trained checkpoint's would be."""
     from monai_simsid.apps import build_preprocessing
     from monai_simsid.apps.inference import AnomalyPredictor
+    from monai_simsid.apps.untrained import untrained_simsid
     from monai_simsid.inferers import AnomalyInferer
-    from monai_simsid.networks.nets import SimSID
 
-    parser = ConfigParser()
-    parser.read_config(str(REPO / "bundles" / "simsid_ct" / "configs" / "train.json"))
-    cfg = parser.get_parsed_content("model_config")
-    cal = {"scan_threshold": 1.0, "scan_std": 1.0, "voxel_threshold": 0.5, "voxel_scale": 0.1, "fpr": 0.05,
-           "voxel_fpr": 0.001, "source": "none (random weights)", "topk_fraction": 0.001}
+    net, cal, cfg, pre = untrained_simsid()
     inferer = AnomalyInferer(cfg["roi_size"], cfg["region_grid"], sw_batch_size=sw_batch_size, overlap=overlap,
                              sw_device=device, device="cpu")
-    return AnomalyPredictor(SimSID(**cfg), inferer, build_preprocessing(), cal, "simsid_ct", "bench", device=device,
+    return AnomalyPredictor(net, inferer, build_preprocessing(**pre), cal, "simsid_ct", "bench", device=device,
                             write_png=False, num_workers=num_workers), cfg
 
 
@@ -194,6 +189,8 @@ def run_once(args) -> dict:
     t0 = time.perf_counter()
     result = predictor.run([{"image": p} for p in paths], out)
     total = time.perf_counter() - t0
+    if result["failed"]:  # a timing of failed cases measures nothing: stop with the first problem
+        raise RuntimeError(f"{len(result['failed'])} of {len(paths)} scans failed; first: {result['failed'][0]}")
     cpu = _cpu_s() - cpu0  # the workers have been joined, so their CPU time is in RUSAGE_CHILDREN
     peak = sampler.stop()
     steady = (stamps[-1] - stamps[9]) / (len(stamps) - 10) if len(stamps) > 10 else None

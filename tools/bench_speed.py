@@ -11,7 +11,10 @@ channels): the like-for-like comparison for a multi-channel model. Weights are r
 (speed does not depend on them); the model config is the bundle's ``train.json`` default (or the checkpoint's).
 
     python tools/bench_speed.py --shapes 256x256x128,512x512x300 [--ckpt model.pt] [--device cpu]
-        [--model_overrides '{"up_mode": "deconv", "out_kernel_size": 3}']
+        [--model_overrides '{"up_mode": "deconv", "out_kernel_size": 3}'] [--preset gpu] [--amp]
+
+``--preset gpu`` takes the model config (random weights) and ``sw_batch_size`` of the bundle's ``gpu.json`` preset;
+``--amp`` runs the model stage and the references under CUDA mixed precision (float16 autocast).
 
 ``--model_overrides`` (a JSON object) replaces keys of the model config (random weights only), e.g. to time another
 decoder than the bundle default. ``--repeats N`` (N > 1) runs the model stage and the references N times in all on the
@@ -38,17 +41,16 @@ import nibabel as nib
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+PRESETS = ("cpu", "gpu")
 
 
 def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _network_and_calibration(ckpt: str | None, overrides: dict | None = None):
-    from monai.bundle import ConfigParser
-
+def _network_and_calibration(ckpt: str | None, overrides: dict | None = None, preset: str = "cpu"):
     from monai_simsid.apps.checkpoint import load_model_checkpoint
+    from monai_simsid.apps.untrained import untrained_simsid
     from monai_simsid.networks.nets import SimSID
 
     if ckpt:
@@ -58,13 +60,7 @@ def _network_and_calibration(ckpt: str | None, overrides: dict | None = None):
         net = SimSID(**data["meta"]["model_config"])
         net.load_state_dict(data["network"])
         return net, data["calibration"], data["meta"]["model_config"], data["meta"].get("preprocessing", {})
-    parser = ConfigParser()
-    parser.read_config(str(REPO / "bundles" / "simsid_ct" / "configs" / "train.json"))
-    cfg = {**parser.get_parsed_content("model_config"), **(overrides or {})}
-    cal = {"scan_threshold": 1.0, "scan_std": 1.0, "voxel_threshold": 0.5, "voxel_scale": 0.1, "fpr": 0.05,
-           "voxel_fpr": 0.001, "source": "none (random weights)", "topk_fraction": 0.001}
-    pre = {"hu_windows": parser.get_parsed_content("hu_windows")}
-    return SimSID(**cfg), cal, cfg, pre
+    return untrained_simsid(preset, overrides)
 
 
 def _reference_nets(cfg: dict, device: str = "cpu") -> dict[str, tuple[int, torch.nn.Module]]:
@@ -96,7 +92,8 @@ def _reference_runs(predictor, path: str, cfg: dict, args) -> dict[str, Callable
 
     def run(net: torch.nn.Module, xi: torch.Tensor) -> Callable[[], object]:
         def call():
-            with torch.no_grad():
+            amp = bool(getattr(args, "amp", False)) and str(args.device).startswith("cuda")
+            with torch.no_grad(), torch.autocast("cuda", dtype=torch.float16, enabled=amp):
                 return sliding_window_inference(xi, cfg["roi_size"], args.sw_batch_size, net, overlap=args.overlap,
                                                 mode="gaussian", sw_device=args.device, device="cpu")
 
@@ -144,7 +141,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--spacing", default="0.7,0.7,1.0", help="voxel size of the synthetic scans (mm)")
     p.add_argument("--ckpt", default=None)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--sw_batch_size", type=int, default=4)
+    p.add_argument("--preset", default="cpu", choices=PRESETS,
+                   help="model config of random weights: the bundle's CPU default or its gpu.json preset")
+    p.add_argument("--amp", action="store_true", help="CUDA mixed precision for the model stage (AnomalyInferer amp)")
+    p.add_argument("--sw_batch_size", type=int, default=None, help="windows per pass (default: the preset's)")
     p.add_argument("--overlap", type=float, default=0.25)
     p.add_argument("--model_overrides", default=None, help="JSON object of model_config keys to replace")
     p.add_argument("--repeats", type=int, default=1, help="runs of the model stage and the reference (best of N)")
@@ -156,19 +156,29 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--model_overrides must be a JSON object")
     if overrides and args.ckpt:
         p.error("--model_overrides needs random weights (no --ckpt)")
+    if args.sw_batch_size is None:
+        from monai.bundle import ConfigParser
+
+        from monai_simsid.apps import preset_config_files
+
+        parser = ConfigParser()
+        parser.read_config(preset_config_files("simsid_ct", args.preset))
+        args.sw_batch_size = int(parser.get("inferer#sw_batch_size", 4))
 
     from monai_simsid.apps import build_preprocessing
     from monai_simsid.apps.inference import AnomalyPredictor
     from monai_simsid.data.synthetic import generate_chest_ct
     from monai_simsid.inferers import AnomalyInferer
 
-    net, cal, cfg, pre = _network_and_calibration(args.ckpt, overrides)
+    net, cal, cfg, pre = _network_and_calibration(args.ckpt, overrides, args.preset)
     inferer = AnomalyInferer(cfg["roi_size"], cfg["region_grid"], sw_batch_size=args.sw_batch_size, overlap=args.overlap,
-                             sw_device=args.device, device="cpu")
+                             sw_device=args.device, device="cpu", amp=args.amp)
     spacing = [float(s) for s in args.spacing.split(",")]
     predictor = AnomalyPredictor(net, inferer, build_preprocessing(**pre), cal, "simsid_ct", "bench", device=args.device,
                                  write_png=False)
-    results = {"device": args.device, "torch_threads": torch.get_num_threads(), "model_config": cfg, "shapes": {}}
+    results = {"device": args.device, "device_name": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
+               "torch_threads": torch.get_num_threads(), "preset": args.preset, "amp": args.amp,
+               "sw_batch_size": args.sw_batch_size, "model_config": cfg, "shapes": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for shape_s in args.shapes.split(","):
             shape = tuple(int(v) for v in shape_s.lower().split("x"))

@@ -226,6 +226,8 @@ def _model_method(spec: str) -> Callable[[BenchmarkContext], MapFn]:
     if len(parts) < 3 or not parts[1] or not parts[2]:
         raise ValueError(f"a model method must be 'model:<bundle_name>:<ckpt_path>', got {spec!r}.")
     bundle, ckpt = parts[1], parts[2]
+    if not Path(ckpt).is_file():  # before any scan is scored, not after the other methods have run
+        raise ValueError(f"{ckpt}: checkpoint file not found (method {spec!r}).")
     # optional model overrides, e.g. model:simsid_ct:ckpt.pt:map_mode=head
     model_overrides = dict(kv.split("=", 1) for kv in parts[3].split(",")) if len(parts) == 4 and parts[3] else {}
     model_overrides = {k: _literal(v) for k, v in model_overrides.items()}

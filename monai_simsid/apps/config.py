@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-__all__ = ["bundle_root", "bundle_version", "repo_root", "shared_config_path"]
+__all__ = ["bundle_root", "bundle_version", "preset_config_files", "repo_root", "shared_config_path"]
 
 
 def repo_root() -> Path:
@@ -32,3 +32,15 @@ def bundle_version(root: str | os.PathLike) -> str:
     """The ``version`` field of a bundle's ``configs/metadata.json``."""
     with open(Path(root) / "configs" / "metadata.json") as f:
         return str(json.load(f)["version"])
+
+
+def preset_config_files(name: str, preset: str = "cpu") -> list[str]:
+    """The config files of bundle ``name`` for a training preset, in merge order: ``train.json`` for ``"cpu"`` (the
+    bundle default), ``train.json`` then ``<preset>.json`` otherwise (e.g. ``"gpu"``; an override file lists only the
+    keys it changes)."""
+    folder = Path(bundle_root(name)) / "configs"
+    files = [folder / "train.json"] + ([] if preset == "cpu" else [folder / f"{preset}.json"])
+    for f in files:
+        if not f.is_file():
+            raise FileNotFoundError(f"{f}: no such config (bundle {name!r}, preset {preset!r})")
+    return [str(f) for f in files]

@@ -46,6 +46,9 @@ class AnomalyInferer(Inferer):
         sw_device: device for the windows (e.g. "cuda") while stitching happens on ``device``.
         device: device of the stitched output (e.g. "cpu" for big scans).
         progress: show a progress bar.
+        amp: run the network under CUDA mixed precision (``torch.autocast``, float16) when the windows are on a CUDA
+            device; ignored on CPU. The outputs are cast back to float32 before stitching, so blending and the map
+            stay in full precision.
     """
 
     def __init__(
@@ -58,6 +61,7 @@ class AnomalyInferer(Inferer):
         sw_device: torch.device | str | None = None,
         device: torch.device | str | None = None,
         progress: bool = False,
+        amp: bool = False,
     ) -> None:
         super().__init__()
         if not 0 <= overlap < 1:
@@ -72,6 +76,7 @@ class AnomalyInferer(Inferer):
         self.sw_device = sw_device
         self.device = device
         self.progress = progress
+        self.amp = bool(amp)
 
     def __call__(  # type: ignore[override]
         self,
@@ -104,7 +109,8 @@ class AnomalyInferer(Inferer):
                 start = [s.start - p for s, p in zip(c[2:], pad)]
                 regions.append(region_index(start, self.roi_size, boxes[b][0], boxes[b][1], self.region_grid))
             region = torch.as_tensor(regions, dtype=torch.long, device=windows.device)
-            out = network(windows, region)
+            with torch.autocast("cuda", dtype=torch.float16, enabled=self.amp and windows.device.type == "cuda"):
+                out = network(windows, region)
             if not score_map:
                 return out.anomaly_map.float()
             score = out.score.float().reshape(-1, *([1] * (windows.ndim - 1))) * torch.ones_like(out.anomaly_map, dtype=torch.float32)

@@ -137,10 +137,11 @@ def test_benchmark_helpers_and_model_method():
     assert bench.top_voxel_hit(score, lesion) == pytest.approx(0.5)
     assert bench.scan_score(score, np.ones_like(lesion)) == pytest.approx(1.0)
     assert set(bench.METHODS) >= {"intensity_rule", "local_zscore", "descriptor_knn", "descriptor_knn_depth"}
-    factory = bench.resolve_method("model:simsid_ct:/tmp/no_such_ckpt.pt")
-    fn = factory(bench.BenchmarkContext(Path("."), []))
-    with pytest.raises(Exception, match="no_such_ckpt.pt"):  # a missing checkpoint is a clear error
-        fn(Path("x.nii.gz"), score, np.eye(4), (1.0, 1.0, 1.0))
+    # a missing checkpoint is a clear error when the method is resolved, before any method has run
+    with pytest.raises(ValueError, match="no_such_ckpt.pt: checkpoint file not found"):
+        bench.resolve_method("model:simsid_ct:/tmp/no_such_ckpt.pt")
+    with pytest.raises(ValueError, match="no_such_ckpt.pt"):
+        bench.run_benchmark(REPO, ["intensity_rule", "model:simsid_ct:/tmp/no_such_ckpt.pt"], parts=["lung2"])
     with pytest.raises(ValueError, match="model:<bundle_name>:<ckpt_path>"):
         bench.resolve_method("model:simsid_ct")
     with pytest.raises(ValueError):

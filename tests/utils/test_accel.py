@@ -38,3 +38,14 @@ def test_command_line_strings():
     net = accelerate(_net(), channels_last="false", compile="false")
     assert net.encoder.levels[0][3].weight.is_contiguous()
     assert not hasattr(net, "_compiled_call_impl") or net._compiled_call_impl is None
+
+
+def test_preset_config_files_merge_order_and_unknown_preset():
+    import pytest
+
+    from monai_simsid.apps import preset_config_files
+
+    assert [p.rsplit("/", 1)[-1] for p in preset_config_files("simsid_ct")] == ["train.json"]
+    assert [p.rsplit("/", 1)[-1] for p in preset_config_files("simsid_ct", "gpu")] == ["train.json", "gpu.json"]
+    with pytest.raises(FileNotFoundError, match="tpu"):
+        preset_config_files("simsid_ct", "tpu")
