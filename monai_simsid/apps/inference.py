@@ -28,6 +28,7 @@ from monai_simsid.inferers.anomaly import AnomalyInferer
 from monai_simsid.inferers.scoring import scan_score
 from monai_simsid.transforms.body.array import compute_body_mask
 from monai_simsid.transforms.io.array import LoadCT
+from monai_simsid.transforms.io.dictionary import LoadCTd
 from monai_simsid.transforms.post.array import extract_findings, postprocess_anomaly_map, spacing_from_affine
 from monai_simsid.utils.atomic import atomic_write_text
 from monai_simsid.utils.errors import InputError, find_input_error
@@ -99,12 +100,20 @@ class CasePreparer:
 
     def __call__(self, item: Mapping[str, Any]) -> dict:
         t0 = time.perf_counter()
-        data = preprocess_all([dict(item)], self.preprocessing)[0]
+        transforms = getattr(self.preprocessing, "transforms", ())
+        if transforms and isinstance(transforms[0], LoadCTd):
+            # read the file once: keep the loaded input-grid image, then run the rest of the chain on it
+            loaded = preprocess_all([dict(item)], transforms[0])[0]
+            affine = np.array(loaded["image"].affine, dtype=np.float64)  # copies: later steps may reuse the tensor
+            image_hu = loaded["image"][0].numpy().copy()
+            data = preprocess_all([loaded], lambda d: self.preprocessing(d, start=1))[0]
+        else:
+            data = preprocess_all([dict(item)], self.preprocessing)[0]
+            original = self.loader(item["image"])
+            affine = np.asarray(original.affine, dtype=np.float64)
+            image_hu = original[0].numpy()
         image, body = data["image"], data["body"]
         model_affine = np.asarray(torch.as_tensor(image.affine), dtype=np.float64)
-        original = self.loader(item["image"])
-        affine = np.asarray(original.affine, dtype=np.float64)
-        image_hu = original[0].numpy()
         # the body mask is recomputed on the input grid, so "0 outside the body" holds voxel for voxel there
         body_in = input_body_mask(image_hu, affine, self.preprocessing_settings)
         return {

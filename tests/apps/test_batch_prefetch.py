@@ -168,3 +168,27 @@ def test_evaluate_cases_prefetches_and_matches_the_serial_path(cases, ct_file, t
     bad.write_bytes(b"not a nifti")
     with pytest.raises(InputError, match="bad.nii.gz"):
         evaluate_cases(_predictor(1), cases[:1] + [{"image": str(bad)}], tmp_path / "b", write_outputs=False)
+
+
+def test_preparer_reads_the_file_once_and_keeps_the_input_grid(cases, monkeypatch):
+    """The loaded input-grid image is reused for ``image_hu`` and the body mask: one read per case, with the same
+    values and affine that a separate read gives."""
+    import nibabel as nib
+
+    from monai_simsid.transforms.io.array import LoadCT
+
+    reads = []
+    original_call = LoadCT.__call__
+
+    def counting_call(self, path):
+        reads.append(str(path))
+        return original_call(self, path)
+
+    monkeypatch.setattr(LoadCT, "__call__", counting_call)
+    path = cases[0]["image"]
+    prepared = CasePreparer(build_preprocessing())({"image": path})
+    assert reads == [path]
+    ref = nib.load(path)
+    np.testing.assert_allclose(prepared["affine"], ref.affine, atol=1e-5)
+    np.testing.assert_allclose(prepared["image_hu"], ref.get_fdata(), atol=1e-3)
+    assert prepared["body_in"].shape == ref.shape and prepared["image"].shape[0] == 1
