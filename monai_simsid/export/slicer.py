@@ -79,7 +79,7 @@ def save_slicer_segmentation(
         raise ValueError(f"color must be three floats in [0, 1], got {color}")
     if not np.issubdtype(arr.dtype, np.number) and arr.dtype != np.bool_:
         raise ValueError(f"mask must be numeric, got dtype {arr.dtype}")
-    binary = (np.nan_to_num(arr.astype(np.float64)) > 0).astype(np.uint8)
+    binary = (arr > 0).astype(np.uint8)  # NaN and -inf are not > 0, +inf is: as nan_to_num(arr) > 0, without a copy
 
     lps = RAS_TO_LPS @ aff
     header = {

@@ -139,3 +139,15 @@ def test_overview_png(tmp_path):
     assert [q.name for q in tmp_path.iterdir() if q.name.startswith(".")] == []
     with pytest.raises(ValueError):
         save_overview_png(img, smap[:5], aff, tmp_path / "x.png")
+
+
+def test_slicer_segmentation_binarises_float_masks_like_nan_to_num(tmp_path):
+    from monai_simsid.export.slicer import save_slicer_segmentation
+
+    m = np.array([np.nan, -np.inf, np.inf, -1.0, 0.0, 1e-9, 0.5, 2.0] * 3, dtype=np.float32).reshape(2, 3, 4)
+    path = save_slicer_segmentation(m, np.eye(4), tmp_path / "m.seg.nrrd")
+    data, _ = nrrd.read(str(path), index_order="F")
+    np.testing.assert_array_equal(data, (np.nan_to_num(m.astype(np.float64)) > 0).astype(np.uint8))
+    labels = np.arange(24, dtype=np.uint8).reshape(2, 3, 4) % 3
+    data, _ = nrrd.read(str(save_slicer_segmentation(labels, np.eye(4), tmp_path / "l.seg.nrrd")), index_order="F")
+    np.testing.assert_array_equal(data, (labels > 0).astype(np.uint8))
