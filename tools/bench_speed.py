@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
             model_s = pred.timings["model_s"]
             row = {
                 "load_s": round(load_s, 2),
-                "preprocess_s (includes a second load)": round(pred.timings["preprocess_s"], 2),
+                "preprocess_s (includes the read)": round(pred.timings["preprocess_s"], 2),
                 "model_s": round(model_s, 3),
                 "postprocess_s": round(pred.timings["postprocess_s"], 2),
                 "write_s": round(write_s, 2),
