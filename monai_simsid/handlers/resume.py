@@ -50,11 +50,24 @@ class EpochSeedHandler:
     :class:`~monai_simsid.data.seeded.SeededDataset`, which seeds every item from ``(seed, epoch, index)``) or else
     ``set_random_state(seed + epoch)`` (a randomizable transform). Without it, a run resumed at epoch k would replay
     the random draws of epoch 1.
+
+    When an epoch ends part-way through the data loader (``epoch_length`` not a multiple of ``len(loader)``), Ignite
+    keeps that loader iterator for the next epoch, and its data-loader workers, forked earlier, would keep drawing
+    with the previous epoch's seeds (a resumed run, which starts a fresh iterator, would draw differently again).
+    The handler then restarts the data at every epoch start, after seeding, so each epoch draws from a fresh iterator
+    whatever the number of workers and whether the run was resumed. With the default ``epoch_length`` (one pass per
+    epoch) Ignite already does this and nothing changes.
+
+    Args:
+        seed: base seed.
+        randomizables: datasets with ``set_epoch`` or randomizable transforms to re-seed each epoch.
+        restart_data: restart a data iterator left over from the previous epoch (see above).
     """
 
-    def __init__(self, seed: int, randomizables: Sequence = ()) -> None:
+    def __init__(self, seed: int, randomizables: Sequence = (), restart_data: bool = True) -> None:
         self.seed = int(seed)
         self.randomizables = list(randomizables)
+        self.restart_data = bool(restart_data)
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_STARTED, self)
@@ -67,3 +80,14 @@ class EpochSeedHandler:
                 t.set_epoch(int(engine.state.epoch))
             else:
                 t.set_random_state(s)
+        if self.restart_data and self._epoch_ends_mid_pass(engine):
+            engine.set_data(engine.state.dataloader)  # a fresh iterator: workers fork now, after the seeding above
+
+    @staticmethod
+    def _epoch_ends_mid_pass(engine: Engine) -> bool:
+        """True after the first epoch when epochs do not end at the end of a pass over the loader."""
+        data, length = engine.state.dataloader, engine.state.epoch_length
+        if data is None or length is None or int(engine.state.epoch) <= 1 or not hasattr(data, "__len__"):
+            return False
+        n = len(data)
+        return n > 0 and length % n != 0
