@@ -62,6 +62,8 @@ def run(args: argparse.Namespace, datalist: str, out_dir: str) -> dict:
         overrides["num_samples"] = args.num_samples
     if args.batch_size:
         overrides["batch_size"] = args.batch_size
+    if args.num_workers:
+        overrides["train_loader#num_workers"] = args.num_workers
     wf = ConfigWorkflow(config_file=preset_config_files("simsid_ct", args.preset), workflow_type="train", **overrides)
     wf.initialize()
     trainer = wf.parser.get_parsed_content("trainer")
@@ -101,6 +103,7 @@ def run(args: argparse.Namespace, datalist: str, out_dir: str) -> dict:
         "amp": bool(args.amp),
         "channels_last": bool(args.channels_last),
         "compile": args.compile,
+        "num_workers": int(wf.parser.get_parsed_content("train_loader#num_workers")),
         "roi_size": wf.parser.get_parsed_content("roi_size"),
         "channels": wf.parser.get_parsed_content("channels"),
         **summarise(step_s, iter_s, wpi),
@@ -127,9 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=128, help="synthetic scan grid (voxels per side)")
     p.add_argument("--spacing", type=float, default=1.5, help="synthetic voxel size (mm)")
     p.add_argument("--num_scans", type=int, default=4, help="synthetic training normals")
+    p.add_argument("--num_workers", type=int, default=0, help="training data-loader worker processes")
     args = p.parse_args(argv)
-    if args.iterations < 1 or args.warmup < 0:
-        p.error("--iterations must be >= 1 and --warmup >= 0")
+    if args.iterations < 1 or args.warmup < 0 or args.num_workers < 0:
+        p.error("--iterations must be >= 1, --warmup and --num_workers >= 0")
 
     from monai_simsid.data.synthetic import write_synthetic_dataset
 

@@ -20,11 +20,12 @@ def test_summarise_counts_windows_over_the_timed_iterations():
 
 def test_cpu_preset_trains_and_reports(capsys):
     rc = load_tool("bench_train").main(["--preset", "cpu", "--device", "cpu", "--iterations", "2", "--warmup", "1",
-                                        "--size", "72", "--spacing", "2.0", "--num_scans", "2", "--num_samples", "1"])
+                                        "--size", "72", "--spacing", "2.0", "--num_scans", "2", "--num_samples", "1",
+                                        "--num_workers", "1"])
     assert rc == 0
     text = capsys.readouterr().out  # the workflow's log lines come first
     out = json.loads(text[text.rindex("\n{\n") + 1:] if not text.startswith("{") else text)
     assert out["timed_iterations"] == 2 and out["windows_per_iteration"] == 1
-    assert out["roi_size"] == [64, 64, 64]
+    assert out["roi_size"] == [64, 64, 64] and out["num_workers"] == 1
     assert 0 < out["windows_per_s"] <= out["step_windows_per_s"]
     assert out["final_loss"] is not None and out["final_loss"] > 0
