@@ -21,13 +21,15 @@ class _Draw(Randomizable):
         return {"i": index, "v": np.float32(self.R.rand())}
 
 
-def _run(num_workers: int, epoch_length: int | None, max_epochs: int = 3, start_epoch: int = 0, restart_data=None):
+def _run(
+    num_workers: int, epoch_length: int | None, max_epochs: int = 3, start_epoch: int = 0, restart_data: bool = True
+):
     """Train-like run over 6 items in batches of 2; returns ``[(epoch, item indices, values), ...]``."""
     ds = SeededDataset(list(range(6)), _Draw(), seed=SEED)
     loader = DataLoader(ds, batch_size=2, shuffle=True, num_workers=num_workers)
     seen = []
     engine = Engine(lambda e, b: seen.append((e.state.epoch, b["i"].tolist(), np.round(b["v"].numpy(), 6).tolist())))
-    EpochSeedHandler(SEED, [ds], **({} if restart_data is None else {"restart_data": restart_data})).attach(engine)
+    EpochSeedHandler(SEED, [ds], restart_data=restart_data).attach(engine)
     if start_epoch:  # what a resumed run's checkpoint loader restores
         length = epoch_length or len(loader)
         engine.load_state_dict({"epoch": start_epoch, "max_epochs": max_epochs, "epoch_length": length})
