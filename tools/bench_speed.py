@@ -126,10 +126,10 @@ def _interleaved_seconds(calls: dict[str, Callable[[], object]], rounds: int,
 def _ratio_keys(model_first: float, model_more: list[float], ref_times: list[float], prefix: str, ratio: str) -> dict:
     """``{prefix}_s``/``{ratio}`` of the first runs and, with repeats, the best-of-N and paired-median figures.
     ``ref_times[0]`` pairs with ``model_first``, ``ref_times[1:]`` with ``model_more`` (taken side by side)."""
-    out = {f"{prefix}_s": round(ref_times[0], 3), ratio: round(model_first / max(ref_times[0], 1e-9), 2)}
+    out = {f"{prefix}_s": round(ref_times[0], 4), ratio: round(model_first / max(ref_times[0], 1e-9), 2)}
     if model_more:
         best = min(model_first, *model_more)
-        out[f"{prefix}_s_min"] = round(min(ref_times), 3)
+        out[f"{prefix}_s_min"] = round(min(ref_times), 4)
         out[f"{ratio}_min"] = round(best / max(min(ref_times), 1e-9), 2)
         out[f"{ratio}_median"] = round(float(np.median([m / max(r, 1e-9) for m, r in zip(model_more, ref_times[1:])])), 2)
     return out
@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
             row = {
                 "load_s": round(load_s, 2),
                 "preprocess_s (includes the read)": round(pred.timings["preprocess_s"], 2),
-                "model_s": round(model_s, 3),
+                "model_s": round(model_s, 4),
                 "postprocess_s": round(pred.timings["postprocess_s"], 2),
                 "write_s": round(write_s, 2),
                 "total_s": round(total, 2),
@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
                 "peak_rss_mib": round(_peak_rss_mib()),
             }
             if model_more:
-                row["model_s_min"] = round(min(model_s, *model_more), 3)
+                row["model_s_min"] = round(min(model_s, *model_more), 4)
             row.update(_ratio_keys(model_s, model_more, ref_times["reference"], "reference_model", "ratio_vs_reference"))
             if "reference_same_channels" in ref_times:
                 row.update(_ratio_keys(model_s, model_more, ref_times["reference_same_channels"],

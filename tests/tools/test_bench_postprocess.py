@@ -12,4 +12,6 @@ def test_small_scan_same_results(capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["resample"]["max_abs_diff"] < 1e-5
     assert out["components"]["n"] >= 1 and out["components"]["max_abs_diff"] == 0.0
-    assert out["postprocess_total_s"] > 0 and out["read_s"] > 0
+    # timings are reported, not judged (a fast machine may round a small one to zero)
+    for t in (out["postprocess_total_s"], out["read_s"], out["resample"]["now_s"], out["components"]["now_s"]):
+        assert isinstance(t, float) and t >= 0
