@@ -72,6 +72,33 @@ def _shuffle_index(size: tuple[int, ...], strides: tuple[int, ...], out_channels
     return (base + channel).reshape(-1).contiguous()
 
 
+def _fold_norm(
+    weight: torch.Tensor, bias: torch.Tensor | None, norm_layer: nn.Module, repeat: int = 1
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(weight, bias)`` of a conv followed by ``norm_layer``, with an eval-mode batch norm folded in.
+
+    ``norm_layer`` may be ``nn.Identity`` (the bias is then the conv's, zeros if it has none) or an eval batch norm
+    with running statistics; each of its channels covers ``repeat`` consecutive output channels of the conv (the
+    sub-voxels of a conv before a voxel shuffle). None when the norm cannot be folded (training mode, other norms).
+    """
+    bias = bias if bias is not None else weight.new_zeros(weight.shape[0])
+    if isinstance(norm_layer, nn.Identity):
+        return weight, bias
+    if not isinstance(norm_layer, nn.modules.batchnorm._BatchNorm) or norm_layer.training:
+        return None
+    if norm_layer.running_mean is None or norm_layer.running_var is None:
+        return None
+    scale = torch.rsqrt(norm_layer.running_var + norm_layer.eps)
+    if norm_layer.weight is not None:
+        scale = scale * norm_layer.weight
+    shift = -norm_layer.running_mean * scale
+    if norm_layer.bias is not None:
+        shift = shift + norm_layer.bias
+    if repeat > 1:
+        scale, shift = scale.repeat_interleave(repeat), shift.repeat_interleave(repeat)
+    return weight * scale.reshape(-1, *([1] * (weight.dim() - 1))), bias * scale + shift
+
+
 def _act_(act: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``act(x)``, in place on ``x`` (a fresh buffer) for the common activations."""
     if isinstance(act, nn.Identity):
@@ -183,11 +210,20 @@ class ConvEncoder(nn.Module):
         """One level in eval mode on CPU, in the ``fmt`` (channels-last) memory format.
 
         The first conv of the first level reads the few-channel input as it is, and its down-sampled output is
-        converted to ``fmt``: about 1.4x faster than converting the input, with the same values.
+        converted to ``fmt``: about 1.4x faster than converting the input, with the same values. Eval batch norms are
+        folded into their convs (see :func:`_fold_norm`), the activations run in place.
         """
-        if first:
-            return level[1:](level[0](x).contiguous(memory_format=fmt))
-        return level(x)
+        for j in range(0, len(level), 3):
+            conv, norm_layer, act_layer = level[j], level[j + 1], level[j + 2]
+            folded = _fold_norm(conv.weight, conv.bias, norm_layer)
+            if folded is None:
+                x = norm_layer(conv(x))
+            else:  # an eval batch norm folded into the conv: one pass over the output fewer
+                x = conv._conv_forward(x, *folded)
+            if first and j == 0:
+                x = x.contiguous(memory_format=fmt)
+            x = _act_(act_layer, x)
+        return x
 
     def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor | list[torch.Tensor]:
         """Encode ``x``; return the bottleneck, or the list of all level outputs if ``return_features``.
@@ -432,22 +468,11 @@ class ConvDecoder(nn.Module):
         folded in (None: not possible)."""
         if conv.weight.shape[2:].numel() != 1:
             return None
-        w = conv.weight.reshape(conv.weight.shape[0], -1)
-        bias = conv.bias if conv.bias is not None else w.new_zeros(w.shape[0])
-        if isinstance(norm_layer, nn.Identity):
-            return w, bias[:, None]
-        if not isinstance(norm_layer, nn.modules.batchnorm._BatchNorm) or norm_layer.training:
+        folded = _fold_norm(conv.weight, conv.bias, norm_layer, repeat=sub)
+        if folded is None:
             return None
-        if norm_layer.running_mean is None or norm_layer.running_var is None:
-            return None
-        scale = torch.rsqrt(norm_layer.running_var + norm_layer.eps)
-        if norm_layer.weight is not None:
-            scale = scale * norm_layer.weight
-        shift = -norm_layer.running_mean * scale
-        if norm_layer.bias is not None:
-            shift = shift + norm_layer.bias
-        scale, shift = scale.repeat_interleave(sub), shift.repeat_interleave(sub)
-        return w * scale[:, None], (bias * scale + shift)[:, None]
+        w, bias = folded
+        return w.reshape(w.shape[0], -1), bias[:, None]
 
     def forward(
         self,

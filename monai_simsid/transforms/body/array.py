@@ -77,11 +77,16 @@ def compute_body_mask(
 def body_bbox(body: NdarrayOrTensor) -> tuple[np.ndarray, np.ndarray]:
     """(start, end) voxel indices (end exclusive) of a spatial mask's bounding box; the whole array if empty."""
     arr = body.detach().cpu().numpy() if isinstance(body, torch.Tensor) else np.asarray(body)
-    arr = arr.astype(bool)
-    if not arr.any():
-        return np.zeros(arr.ndim, dtype=int), np.asarray(arr.shape, dtype=int)
-    idx = np.nonzero(arr)
-    return np.array([i.min() for i in idx]), np.array([i.max() + 1 for i in idx])
+    arr = arr if arr.dtype == bool else arr.astype(bool)
+    # one projection per axis (any over the other axes) instead of np.nonzero over every voxel: the same box,
+    # several times faster on a whole scan
+    start, end = np.zeros(arr.ndim, dtype=int), np.asarray(arr.shape, dtype=int)
+    for axis in range(arr.ndim):
+        hit = np.flatnonzero(arr.any(axis=tuple(a for a in range(arr.ndim) if a != axis)))
+        if hit.size == 0:  # empty mask: the whole array
+            return np.zeros(arr.ndim, dtype=int), np.asarray(arr.shape, dtype=int)
+        start[axis], end[axis] = hit[0], hit[-1] + 1
+    return start, end
 
 
 def region_index(
