@@ -46,7 +46,9 @@ _TAIL_CHUNK = 8192
 
 
 @functools.lru_cache(maxsize=8)
-def _shuffle_index(size: tuple[int, ...], strides: tuple[int, ...], out_channels: int, rows: int) -> torch.Tensor:
+def _shuffle_index(
+    size: tuple[int, ...], strides: tuple[int, ...], out_channels: int, rows: int, grid: tuple[int, ...] | None = None
+) -> torch.Tensor:
     """Source positions of the voxel shuffles of :meth:`ConvDecoder._folded_tail` for one batch element (CPU, int64).
 
     The chunk loop writes a batch element as consecutive chunks of ``rows`` slabs along the first axis of ``size``
@@ -54,7 +56,9 @@ def _shuffle_index(size: tuple[int, ...], strides: tuple[int, ...], out_channels
     chunk)``. Entry ``j`` of the result is the position there of the value that the shuffles (``pixelshuffle`` by each
     of ``strides``, first to last, of the ``(out_channels * sub-voxels, *size)`` map) move to position ``j`` of the
     flattened ``(out_channels, *full-resolution size)`` output. It is built by running those very shuffles on the
-    positions themselves.
+    positions themselves. With a block ``grid``, the loop's voxels are in the block-token order of that grid (see
+    :func:`~monai_simsid.networks.blocks.memory.blocks_to_tokens`) instead of the raster order of ``size``; the
+    chunks are then runs of ``rows * prod(size[1:])`` consecutive voxels in that order.
     """
     d = len(size)
     expand = math.prod(s**d for s in strides)
@@ -65,6 +69,11 @@ def _shuffle_index(size: tuple[int, ...], strides: tuple[int, ...], out_channels
         pos = pixelshuffle(pos, d, s)
     pos = pos.reshape(-1)  # per output voxel: sub-voxel e and voxel v, as e * n + v
     e, v = pos // n, pos % n
+    if grid is not None:  # v -> its place in the token order
+        from monai_simsid.networks.blocks.memory import blocks_to_tokens
+
+        order = blocks_to_tokens(torch.arange(n).view(1, 1, *size), grid).reshape(-1)  # token t is voxel order[t]
+        v = torch.empty_like(order).scatter_(0, order, torch.arange(n))[v]
     first = v // chunk * chunk  # the first voxel of v's chunk
     width = (first + chunk).clamp(max=n) - first  # voxels in v's chunk
     base = out_channels * expand * first + e * width + (v - first)
@@ -420,7 +429,11 @@ class ConvDecoder(nn.Module):
         return chain or None
 
     def _folded_tail(
-        self, x: torch.Tensor, chain: Sequence[tuple[torch.Tensor, torch.Tensor, nn.Module, int, int]]
+        self,
+        x: torch.Tensor,
+        chain: Sequence[tuple[torch.Tensor, torch.Tensor, nn.Module, int, int]],
+        grid: Sequence[int] | None = None,
+        block_size: Sequence[int] | None = None,
     ) -> torch.Tensor:
         """The levels of ``chain`` (see :meth:`_folded_chain`) and the final 1x1 conv, then all their shuffles.
 
@@ -431,20 +444,28 @@ class ConvDecoder(nn.Module):
         to ``out_channels`` rows, written in place into a buffer of consecutive chunks, and the voxel shuffles of the
         levels, first to last, then move only those: as one gather per batch element with a cached index (see
         :func:`_shuffle_index`), the same values as ``pixelshuffle`` by each stride in turn.
+
+        With a block ``grid`` and ``block_size``, ``x`` is a map in block tokens ``(B, P, V, C)`` (see
+        :meth:`forward_tokens`); the gather then also undoes the token order.
         """
         d = self.spatial_dims
         conv = self.final[0]
         out_c = conv.out_channels
         w_final = conv.weight.reshape(out_c, chain[-1][3])
         b_final = (conv.bias if conv.bias is not None else w_final.new_zeros(out_c)).reshape(out_c, 1)
-        b, cin, *size = x.shape
+        if grid is None:
+            b, cin, *size = x.shape
+            xs = x.reshape(b, cin, -1)
+        else:
+            b, _, _, cin = x.shape
+            size = [g * m for g, m in zip(grid, block_size)]
+            xs = x.reshape(b, -1, cin).transpose(1, 2)  # (B, C, voxels in token order): a view
         strides = [lvl[4] for lvl in chain]
         slab = math.prod(size[1:])  # voxels per index of the first spatial axis
         expand = math.prod(s**d for s in strides)
         rows = max(1, (_TAIL_CHUNK * strides[0] ** d) // (expand * slab))
         n = size[0] * slab
         y = x.new_empty(b, out_c * expand * n)  # chunks of (out, last .. first sub-voxel, voxel of the chunk)
-        xs = x.reshape(b, cin, -1)
         for i in range(b):
             for z0 in range(0, size[0], rows):
                 cols = slice(z0 * slab, min(z0 + rows, size[0]) * slab)
@@ -456,7 +477,7 @@ class ConvDecoder(nn.Module):
         # the shuffles of the levels, first to last (channels (out, last .. first sub-voxel): the first level's
         # sub-voxels are innermost), as one gather per batch element with a cached index: the same values as
         # ``pixelshuffle`` for each stride in turn, about 3x faster than those permuted copies on CPU
-        index = _shuffle_index(tuple(size), tuple(strides), out_c, rows)
+        index = _shuffle_index(tuple(size), tuple(strides), out_c, rows, None if grid is None else tuple(grid))
         out = y.new_empty(b, out_c, *(m * math.prod(strides) for m in size))
         for i in range(b):
             torch.index_select(y[i], 0, index, out=out[i].view(-1))
@@ -513,3 +534,75 @@ class ConvDecoder(nn.Module):
             if return_features:
                 feats.append(x)
         return self.final(x), feats
+
+    def _token_plan(
+        self, hook_levels: Sequence[int], device: torch.device
+    ) -> tuple[list[tuple[torch.Tensor, torch.Tensor, nn.Module, int, int]], list] | None:
+        """What :meth:`forward_tokens` runs: ``(levels before the folded chain, folded chain)``, or None if it cannot.
+
+        Every level before the chain must be a 1x1 voxel-shuffle level with a foldable norm and an element-wise
+        activation (its conv then acts voxel by voxel, and its shuffle stays inside each block); each is given as
+        ``(weight, bias, act, channels, stride)`` with the weight's rows ordered (sub-voxel, channel).
+        """
+        last = len(self.levels) - 1
+        if last in hook_levels or not self._can_fuse_tail():
+            return None
+        chain = self._folded_chain(torch.empty(0, device=device), dict.fromkeys(hook_levels))
+        if chain is None:
+            return None
+        plan = []
+        for i in range(len(self.levels) - len(chain)):
+            up, norm_layer, act_layer = self.levels[i]
+            s, c = self.strides[i], self.channels[i]
+            sub = s**self.spatial_dims
+            folded = self._folded_up(up.conv_block, norm_layer, sub) if isinstance(up, SubpixelUpsample) else None
+            if folded is None or not isinstance(act_layer, _ELEMENTWISE_ACTS):
+                return None
+            w, bias = folded
+            w = w.reshape(c, sub, -1).transpose(0, 1).reshape(sub * c, -1)
+            plan.append((w, bias.reshape(c, sub).t().reshape(-1), act_layer, c, s))
+        return plan, chain
+
+    def supports_tokens(self, hook_levels: Sequence[int], device: torch.device | str) -> bool:
+        """Whether :meth:`forward_tokens` can decode on ``device`` with hooks after ``hook_levels``."""
+        return self._token_plan(hook_levels, torch.device(device)) is not None
+
+    def forward_tokens(
+        self,
+        x: torch.Tensor,
+        grid: Sequence[int],
+        block_size: Sequence[int],
+        hooks: Mapping[int, Callable[[torch.Tensor], torch.Tensor]] | None = None,
+    ) -> torch.Tensor:
+        """Eval-mode CPU decoding of a code given in block tokens, without leaving the token layout until the end.
+
+        ``x`` is ``(B, P, V, in_channels)``: the code split into ``grid`` blocks of ``block_size`` voxels (see
+        :func:`~monai_simsid.networks.blocks.memory.blocks_to_tokens`). A 1x1 voxel-shuffle level maps each voxel to
+        ``stride**d`` sub-voxels of the same block, so the levels before the folded chain (see :meth:`_token_plan`)
+        run on tokens: a matmul with the norm folded in, the activation, and one permute inside each block, where
+        the plain path runs the conv, a shuffle, and the hook's own conversions to and from tokens. The hooks take
+        and return tokens ``(B, P, V, C)`` (e.g. :meth:`~monai_simsid.networks.blocks.memory.MemoryBlock.forward_tokens`).
+        The folded chain reads the tokens as they are and its final gather undoes the token order. The output
+        ``(B, out_channels, *S)`` equals :meth:`forward` with the same hooks in block layout, up to float rounding.
+
+        Raises:
+            ValueError: when the decoder cannot run this way (see :meth:`supports_tokens`).
+        """
+        hooks = hooks or {}
+        planned = self._token_plan(list(hooks), x.device) if not self.training else None
+        if planned is None or torch.jit.is_tracing() or torch.jit.is_scripting():
+            raise ValueError("this decoder cannot decode block tokens here (see ConvDecoder.supports_tokens).")
+        plan, chain = planned
+        d = self.spatial_dims
+        b, p = x.shape[:2]
+        block = [int(m) for m in block_size]
+        for i, (w, bias, act_layer, c, s) in enumerate(plan):
+            y = _act_(act_layer, torch.nn.functional.linear(x, w, bias))  # (B, P, V, sub-voxel * c)
+            # inside each block: (voxel axes, sub-voxel axes, c) -> (axis 0 voxel, axis 0 sub-voxel, ..., c)
+            y = y.view(b, p, *block, *([s] * d), c)
+            y = y.permute(0, 1, *[k for a in range(d) for k in (2 + a, 2 + d + a)], 2 + 2 * d)
+            block = [m * s for m in block]
+            x = y.reshape(b, p, math.prod(block), c)
+            if i in hooks:
+                x = hooks[i](x)
+        return self._folded_tail(x, chain, grid, block)

@@ -140,13 +140,20 @@ class InpaintingBlock(nn.Module):
 
     def inpaint(self, x: torch.Tensor, region: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Fully in-painted map (no masking) and the block-level memory attention ``(B, P, V, num_slots)``."""
+        h, att = self.inpaint_tokens(x, region)
+        size = _block_size(x.shape[2:], self.block_grid)
+        return self.proj_out(tokens_to_blocks(h, self.block_grid, size)), att
+
+    def inpaint_tokens(self, x: torch.Tensor, region: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`inpaint` before its output projection: block tokens ``(B, P, V, embed_dim)`` (see
+        :func:`~monai_simsid.networks.blocks.memory.blocks_to_tokens`) and the attention. ``proj_out`` (a 1x1 conv)
+        maps them to the in-painted map, voxel by voxel."""
         b = x.shape[0]
         if region is None:
             region = torch.zeros(b, dtype=torch.long, device=x.device)
         region = region.reshape(-1).long()
         if region.shape[0] != b:
             raise ValueError(f"region must have one entry per sample ({b}), got shape {tuple(region.shape)}.")
-        size = _block_size(x.shape[2:], self.block_grid)
         tokens = blocks_to_tokens(self.proj_in(x), self.block_grid)  # (B, P, V, E)
         _, p, v, e = tokens.shape
         index, valid = self.nb_index, self.nb_valid
@@ -166,8 +173,7 @@ class InpaintingBlock(nn.Module):
         pad = (~valid)[None, :, None].expand(b, p, v, nn_).reshape(b * p * v, nn_)
         h = q + self.attn(self.norm_q(q), kv, kv, key_padding_mask=pad, need_weights=False)[0]
         h = h + self.ff(self.norm_ff(h))
-        out = self.proj_out(tokens_to_blocks(h.reshape(b, p, v, e), self.block_grid, size))
-        return out, att
+        return h.reshape(b, p, v, e), att
 
     def forward(self, x: torch.Tensor, region: torch.Tensor | None = None) -> torch.Tensor:
         """In-paint ``x`` (B, C, *S); ``region`` (B,) long body-region index (default 0)."""

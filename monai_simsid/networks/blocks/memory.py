@@ -293,19 +293,26 @@ class MemoryBlock(nn.Module):
         ``return_attention=False`` gives ``None`` for the attention (and the faster eval-mode read of
         :meth:`SpaceAwareMemory.forward`).
         """
-        b = x.shape[0]
-        if region is None:
-            region = torch.zeros(b, dtype=torch.long, device=x.device)
         size = _block_size(x.shape[2:], self.block_grid)
-        tokens = blocks_to_tokens(x, self.block_grid)  # (B, P, V, C)
+        read, att = self.forward_tokens(blocks_to_tokens(x, self.block_grid), region, return_attention)
+        return tokens_to_blocks(read, self.block_grid, size), att
+
+    def forward_tokens(
+        self, tokens: torch.Tensor, region: torch.Tensor | None = None, return_attention: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:meth:`forward` on block tokens ``(B, P, V, C)`` (see :func:`blocks_to_tokens`): ``(read, attention)``
+        with ``read`` in the same token layout."""
+        b, p = tokens.shape[:2]
+        if p != self.num_blocks:
+            raise ValueError(f"expected {self.num_blocks} blocks, got tokens of shape {tuple(tokens.shape)}.")
+        if region is None:
+            region = torch.zeros(b, dtype=torch.long, device=tokens.device)
         keys = region_block_keys(region, self.num_blocks)
-        read, att = self.memory(
-            tokens.reshape(b * self.num_blocks, -1, tokens.shape[-1]), keys.reshape(-1), return_attention
-        )
-        read = tokens_to_blocks(read.reshape(tokens.shape), self.block_grid, size)
+        read, att = self.memory(tokens.reshape(b * p, -1, tokens.shape[-1]), keys.reshape(-1), return_attention)
+        read = read.reshape(tokens.shape)
         if att is None or not return_attention:
             return read, None
-        return read, att.reshape(b, self.num_blocks, -1, att.shape[-1])
+        return read, att.reshape(b, p, -1, att.shape[-1])
 
 
 class HierarchicalMemory(nn.Module):

@@ -15,7 +15,7 @@ from monai.networks.layers.simplelayers import separable_filtering
 
 from monai_simsid.networks.blocks.convolutions import ConvDecoder, ConvEncoder
 from monai_simsid.networks.blocks.inpainting import InpaintingBlock
-from monai_simsid.networks.blocks.memory import MemoryBlock
+from monai_simsid.networks.blocks.memory import MemoryBlock, tokens_to_blocks
 from monai_simsid.networks.nets.discriminator import SimSIDDiscriminator
 
 __all__ = ["SimSID", "SimSIDOutput", "SimSIDTrainOutput", "AnomalyHead", "MAP_MODES"]
@@ -284,6 +284,35 @@ class SimSID(nn.Module):
         hooks = {i: (lambda t, m=m: m(t, region, return_attention=False)[0]) for i, m in enumerate(self.decoder_memory)}
         return self.student_decoder(z, hooks, return_features=return_features)
 
+    def _can_decode_tokens(self, z: torch.Tensor) -> bool:
+        """Whether the eval pass can run the in-painting output and the student decoder in block tokens (CPU)."""
+        return (
+            not self.training
+            and not self.inpainting.training
+            and not (torch.jit.is_tracing() or torch.jit.is_scripting())
+            and self.inpainting.proj_out.weight.shape[2:].numel() == 1
+            and self.student_decoder.supports_tokens(range(len(self.decoder_memory)), z.device)
+        )
+
+    def _student_tokens(self, z: torch.Tensor, region: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Eval fast path: in-painting, decoder memories and student decoder without leaving the block-token layout
+        (see :meth:`ConvDecoder.forward_tokens`); the same reconstruction as :meth:`_student` up to float rounding.
+
+        Returns ``(reconstruction, in-painted map)``; the map (block layout) only when the anomaly map uses it
+        (``map_feature_weight > 0``), else None.
+        """
+        h, _ = self.inpainting.inpaint_tokens(z, region)  # (B, P, V, embed_dim)
+        proj = self.inpainting.proj_out  # a 1x1 conv: a linear map per voxel
+        tokens = F.linear(h, proj.weight.reshape(proj.out_channels, -1), proj.bias)
+        block = tuple(s // g for s, g in zip(z.shape[2:], self.block_grid))
+        hooks = {
+            i: (lambda t, m=m: m.forward_tokens(t, region, return_attention=False)[0])
+            for i, m in enumerate(self.decoder_memory)
+        }
+        recon = self.student_decoder.forward_tokens(tokens, self.block_grid, block, hooks)
+        inpainted = tokens_to_blocks(tokens, self.block_grid, block) if self.map_feature_weight > 0 else None
+        return recon, inpainted
+
     def forward(self, x: torch.Tensor, region: torch.Tensor | None = None) -> SimSIDTrainOutput | SimSIDOutput:
         """Run SimSID.
 
@@ -296,8 +325,11 @@ class SimSID(nn.Module):
         """
         region = self._check_input(x, region)
         z = self.encoder(x)
-        inpainted = self.inpainting(z, region)
-        student_recon, student_feats = self._student(inpainted, region, return_features=self.training)
+        if self._can_decode_tokens(z):
+            student_recon, inpainted = self._student_tokens(z, region)
+        else:
+            inpainted = self.inpainting(z, region)
+            student_recon, student_feats = self._student(inpainted, region, return_features=self.training)
         if self.training:
             teacher_recon, teacher_feats = self.teacher_decoder(z.detach())
             return SimSIDTrainOutput(teacher_recon, student_recon, teacher_feats, student_feats)

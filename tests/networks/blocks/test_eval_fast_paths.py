@@ -92,12 +92,23 @@ def test_folded_decoder_chain_matches_level_by_level(spatial_dims, norm, monkeyp
 
 
 @pytest.mark.parametrize(
-    "size,strides,out_channels,rows",
-    [((3, 5, 4), (2, 2), 2, 1), ((3, 5, 4), (2, 2), 2, 2), ((5, 3), (2, 3), 3, 2), ((4,), (2, 2, 2), 1, 3), ((2, 2, 2), (2,), 3, 5)],
+    "size,strides,out_channels,rows,grid",
+    [
+        ((3, 5, 4), (2, 2), 2, 1, None),
+        ((3, 5, 4), (2, 2), 2, 2, None),
+        ((5, 3), (2, 3), 3, 2, None),
+        ((4,), (2, 2, 2), 1, 3, None),
+        ((2, 2, 2), (2,), 3, 5, None),
+        ((4, 6, 2), (2, 2), 2, 1, (2, 3, 1)),
+        ((4, 6), (2, 3), 3, 3, (2, 2)),
+    ],
 )
-def test_shuffle_index_equals_pixelshuffles(size, strides, out_channels, rows):
-    """The cached gather of the folded tail == ``pixelshuffle`` by each stride, from the chunk-major buffer."""
+def test_shuffle_index_equals_pixelshuffles(size, strides, out_channels, rows, grid):
+    """The cached gather of the folded tail == ``pixelshuffle`` by each stride, from the chunk-major buffer (with a
+    block ``grid``: the loop's voxels in block-token order)."""
     from monai.networks.utils import pixelshuffle
+
+    from monai_simsid.networks.blocks.memory import blocks_to_tokens
 
     d = len(size)
     expand = 1
@@ -108,9 +119,43 @@ def test_shuffle_index_equals_pixelshuffles(size, strides, out_channels, rows):
     for s in strides:
         ref = pixelshuffle(ref, d, s)
     # the buffer as the chunk loop writes it: chunks of `rows` slabs, each (out, sub-voxel, voxel of the chunk)
-    buf = torch.cat([y[:, :, z : z + rows].reshape(-1) for z in range(0, size[0], rows)])
-    index = convolutions._shuffle_index(size, strides, out_channels, rows)
+    if grid is None:
+        buf = torch.cat([y[:, :, z : z + rows].reshape(-1) for z in range(0, size[0], rows)])
+    else:  # voxels in token order, chunks of rows * prod(size[1:]) consecutive voxels
+        tok = blocks_to_tokens(y, grid).reshape(out_channels, -1, expand).transpose(1, 2)  # (out, sub, token)
+        chunk = rows * (y[0, 0, 0].numel())
+        buf = torch.cat([tok[:, :, v : v + chunk].reshape(-1) for v in range(0, tok.shape[-1], chunk)])
+    index = convolutions._shuffle_index(size, strides, out_channels, rows, grid)
     assert torch.equal(buf[index].reshape(ref.shape), ref)
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+@pytest.mark.parametrize("norm", ["batch", None])
+def test_decoder_forward_tokens_matches_block_layout(spatial_dims, norm):
+    """Decoding block tokens (levels as matmuls + in-block permutes, token hooks, token-order gather) == forward."""
+    from monai_simsid.networks.blocks.memory import blocks_to_tokens, tokens_to_blocks
+
+    torch.manual_seed(0)
+    dec = ConvDecoder(spatial_dims, (16, 8, 4), out_channels=2, norm=norm, up_mode="shuffle", overlapping_up=False,
+                      out_kernel_size=1)
+    _randomise_norms(dec)
+    dec.eval()
+    grid, block = (2, 3, 1)[:spatial_dims], (2, 1, 3)[:spatial_dims]
+    x = torch.randn(2, 16, *[g * b for g, b in zip(grid, block)])
+    scale = torch.linspace(0.5, 2.0, 8)  # a hook that is not the same for every position and channel
+    size1 = [4 * b for b in block]
+    with torch.no_grad():
+        ref, _ = dec(x, hooks={1: lambda t: tokens_to_blocks(blocks_to_tokens(t, grid) * scale, grid, size1)})
+        fast = dec.forward_tokens(blocks_to_tokens(x, grid), grid, block, hooks={1: lambda t: t * scale})
+        no_hook = dec.forward_tokens(blocks_to_tokens(x, grid), grid, block)
+        no_hook_ref, _ = dec(x)
+    assert dec.supports_tokens([1], "cpu") and not dec.supports_tokens([2], "cpu")
+    assert fast.shape == ref.shape == (2, 2, *[8 * g * b for g, b in zip(grid, block)])
+    assert torch.allclose(fast, ref, atol=1e-5) and torch.allclose(no_hook, no_hook_ref, atol=1e-5)
+    deconv = ConvDecoder(spatial_dims, (16, 8, 4), out_channels=2, up_mode="deconv").eval()
+    assert not deconv.supports_tokens([], "cpu")
+    with pytest.raises(ValueError, match="cannot decode block tokens"):
+        deconv.forward_tokens(blocks_to_tokens(x, grid), grid, block)
 
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])
@@ -156,6 +201,7 @@ def test_simsid_eval_fast_paths_match_reference(spatial_dims):
     x = torch.randn(2, 3, *roi)
     region = torch.tensor([0, 3**spatial_dims - 1])
     with torch.no_grad():
+        assert net._can_decode_tokens(net.encoder(x))  # the eval pass decodes in block tokens
         out = net(x, region)
         recon, amap = _reference_simsid_eval(net, x, region)
     assert torch.allclose(out.reconstruction, recon, atol=1e-5)
