@@ -144,10 +144,13 @@ class InpaintingBlock(nn.Module):
         size = _block_size(x.shape[2:], self.block_grid)
         return self.proj_out(tokens_to_blocks(h, self.block_grid, size)), att
 
-    def inpaint_tokens(self, x: torch.Tensor, region: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def inpaint_tokens(
+        self, x: torch.Tensor, region: torch.Tensor | None = None, return_attention: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """:meth:`inpaint` before its output projection: block tokens ``(B, P, V, embed_dim)`` (see
         :func:`~monai_simsid.networks.blocks.memory.blocks_to_tokens`) and the attention. ``proj_out`` (a 1x1 conv)
-        maps them to the in-painted map, voxel by voxel."""
+        maps them to the in-painted map, voxel by voxel. ``return_attention=False`` gives None for the attention
+        and lets an eval-mode memory read only its top-k slots (see :class:`SpaceAwareMemory`)."""
         b = x.shape[0]
         if region is None:
             region = torch.zeros(b, dtype=torch.long, device=x.device)
@@ -161,8 +164,9 @@ class InpaintingBlock(nn.Module):
             read, context, att = self.memory(tokens, region, index, valid)
         else:
             keys = region_block_keys(region, p).reshape(-1)
-            read, att = self.memory(tokens.reshape(b * p, v, e), keys)
-            read, att = read.reshape(b, p, v, e), att.reshape(b, p, v, -1)
+            read, att = self.memory(tokens.reshape(b * p, v, e), keys, return_attention)
+            read = read.reshape(b, p, v, e)
+            att = None if att is None else att.reshape(b, p, v, -1)
             count = valid.sum(-1).clamp_min(1).to(read.dtype)
             context = gather_neighbours(read, index, valid).sum(2) / count[:, None, None]
         query = context + (self.query_token + self.pos_embed(self.pos_code))[None, :, None]  # (B, P, V, E)

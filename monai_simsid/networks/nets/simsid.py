@@ -301,7 +301,7 @@ class SimSID(nn.Module):
         Returns ``(reconstruction, in-painted map)``; the map (block layout) only when the anomaly map uses it
         (``map_feature_weight > 0``), else None.
         """
-        h, _ = self.inpainting.inpaint_tokens(z, region)  # (B, P, V, embed_dim)
+        h, _ = self.inpainting.inpaint_tokens(z, region, return_attention=False)  # (B, P, V, embed_dim)
         proj = self.inpainting.proj_out  # a 1x1 conv: a linear map per voxel
         tokens = F.linear(h, proj.weight.reshape(proj.out_channels, -1), proj.bias)
         block = tuple(s // g for s, g in zip(z.shape[2:], self.block_grid))
@@ -333,11 +333,7 @@ class SimSID(nn.Module):
         if self.training:
             teacher_recon, teacher_feats = self.teacher_decoder(z.detach())
             return SimSIDTrainOutput(teacher_recon, student_recon, teacher_feats, student_feats)
-        err = x - student_recon
-        if self.map_sigma > 0:  # no module: the state dict (and old checkpoints) stay as they are
-            k = gaussian_1d(torch.tensor(self.map_sigma), truncated=3.0, normalize=True).to(err.device, torch.float32)
-            err = separable_filtering(err.float(), [k] * self.spatial_dims, mode="replicate")
-        amap = (err.abs() if err.requires_grad else err.abs_()).mean(1, keepdim=True)  # err is a fresh tensor
+        amap = self._error_map(x, student_recon)
         if self.map_feature_weight > 0:
             ferr = (inpainted - z).pow(2).mean(1, keepdim=True)
             ferr = F.interpolate(ferr, size=x.shape[2:], mode=_INTERP[self.spatial_dims], align_corners=False)
@@ -355,6 +351,23 @@ class SimSID(nn.Module):
         else:
             score = amap.flatten(1).mean(1)
         return SimSIDOutput(student_recon, amap, score)
+
+    def _error_map(self, x: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
+        """``mean_c |x - recon|`` ``(B, 1, *S)``, of local means with ``map_sigma > 0``."""
+        if self.map_sigma > 0:  # no module: the state dict (and old checkpoints) stay as they are
+            err = x - recon
+            k = gaussian_1d(torch.tensor(self.map_sigma), truncated=3.0, normalize=True).to(err.device, torch.float32)
+            err = separable_filtering(err.float(), [k] * self.spatial_dims, mode="replicate")
+            return err.abs_().mean(1, keepdim=True)
+        if (x.requires_grad or recon.requires_grad) and torch.is_grad_enabled():
+            return (x - recon).abs().mean(1, keepdim=True)
+        # without gradients: one window at a time through a reused buffer, which stays in cache (a full-size
+        # difference of all windows is a fresh allocation, written and read twice)
+        amap = torch.empty((x.shape[0], 1, *x.shape[2:]), dtype=torch.result_type(x, recon), device=x.device)
+        buf = torch.empty(x.shape[1:], dtype=amap.dtype, device=x.device)
+        for i in range(x.shape[0]):
+            torch.mean(torch.sub(x[i], recon[i], out=buf).abs_(), 0, keepdim=True, out=amap[i])
+        return amap
 
     def discriminate(self, img: torch.Tensor) -> torch.Tensor:
         """Discriminator logits ``(B,)`` (higher = more realistic)."""
