@@ -41,3 +41,17 @@ def test_region_index_is_body_normalised():
     # same relative position in a bigger body -> same region
     s2, e2 = np.array([0, 0, 0]), np.array([30, 30, 30])
     assert region_index((0, 0, 20), (2, 2, 2), s2, e2, grid) == region_index((5, 5, 12), (2, 2, 2), start, end, grid)
+
+
+def test_body_bbox_equals_the_nonzero_extent():
+    """The per-axis projections give the extent of the mask's voxels, for scattered masks, tensors and empty masks."""
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        shape = tuple(rng.integers(1, 9, size=int(rng.integers(1, 4))))
+        mask = rng.random(shape) < rng.choice([0.02, 0.3])
+        start, end = body_bbox(torch.as_tensor(mask) if rng.random() < 0.5 else mask.astype(np.float32))
+        if mask.any():
+            idx = np.nonzero(mask)
+            assert list(start) == [int(i.min()) for i in idx] and list(end) == [int(i.max()) + 1 for i in idx]
+        else:  # empty: the whole array
+            assert list(start) == [0] * len(shape) and list(end) == list(shape)
