@@ -270,3 +270,27 @@ def test_grouped_topk_takes_the_fast_path_without_ties(monkeypatch):
     assert calls == [40, 25]  # the group maxima, then the candidates: never all 200 slots
     ref_vals, ref_idx = real_topk(logits, 5, dim=-1)
     assert torch.equal(vals, ref_vals) and torch.equal(idx, ref_idx)
+
+
+@pytest.mark.parametrize("decoder_memory_levels,block_grid,hierarchical", [(0, (2, 2, 2), False), (1, (2, 1, 3), True)])
+def test_simsid_token_path_matches_block_layout(decoder_memory_levels, block_grid, hierarchical, monkeypatch):
+    """The eval pass in block tokens == the same network with the token path switched off (other memory depths,
+    a grid that is not a cube, the hierarchical in-painting memory, the in-painting feature term)."""
+    torch.manual_seed(0)
+    roi = tuple(16 * g for g in block_grid)
+    net = SimSID(
+        3, in_channels=2, roi_size=roi, block_grid=block_grid, region_grid=(2, 2, 2), channels=(4, 8, 16), embed_dim=16,
+        num_heads=4, num_slots=20, top_k=5, decoder_memory_levels=decoder_memory_levels,
+        hierarchical_memory=hierarchical, with_discriminator=False, up_mode="shuffle", overlapping_up=False,
+        out_kernel_size=1, map_feature_weight=0.5,
+    )
+    _randomise_norms(net)
+    net.eval()
+    x, region = torch.randn(2, 2, *roi), torch.tensor([0, 7])
+    with torch.no_grad():
+        assert net._can_decode_tokens(net.encoder(x))
+        fast = net(x, region)
+        monkeypatch.setattr(SimSID, "_can_decode_tokens", lambda self, z: False)
+        ref = net(x, region)
+    assert torch.allclose(fast.reconstruction, ref.reconstruction, atol=1e-5)
+    assert torch.allclose(fast.anomaly_map, ref.anomaly_map, atol=1e-5)
