@@ -359,10 +359,12 @@ class SimSID(nn.Module):
             k = gaussian_1d(torch.tensor(self.map_sigma), truncated=3.0, normalize=True).to(err.device, torch.float32)
             err = separable_filtering(err.float(), [k] * self.spatial_dims, mode="replicate")
             return err.abs_().mean(1, keepdim=True)
-        if (x.requires_grad or recon.requires_grad) and torch.is_grad_enabled():
+        exporting = torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
+        if exporting or ((x.requires_grad or recon.requires_grad) and torch.is_grad_enabled()):
             return (x - recon).abs().mean(1, keepdim=True)
-        # without gradients: one window at a time through a reused buffer, which stays in cache (a full-size
-        # difference of all windows is a fresh allocation, written and read twice)
+        # eager, without gradients: one window at a time through a reused buffer, which stays in cache (a full-size
+        # difference of all windows is a fresh allocation, written and read twice). Not while tracing: the loop would
+        # be recorded for the example's batch size.
         amap = torch.empty((x.shape[0], 1, *x.shape[2:]), dtype=torch.result_type(x, recon), device=x.device)
         buf = torch.empty(x.shape[1:], dtype=amap.dtype, device=x.device)
         for i in range(x.shape[0]):
