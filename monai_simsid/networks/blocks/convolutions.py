@@ -18,6 +18,8 @@ from monai.networks.layers.factories import Conv
 from monai.networks.layers.utils import get_act_layer, get_norm_layer
 from monai.networks.utils import icnr_init, pixelshuffle
 
+from monai_simsid.networks.blocks.memory import blocks_to_tokens
+
 __all__ = ["ConvEncoder", "ConvDecoder", "DEFAULT_ACT", "UP_MODES"]
 
 DEFAULT_ACT: tuple = ("leakyrelu", {"negative_slope": 0.2})
@@ -70,8 +72,6 @@ def _shuffle_index(
     pos = pos.reshape(-1)  # per output voxel: sub-voxel e and voxel v, as e * n + v
     e, v = pos // n, pos % n
     if grid is not None:  # v -> its place in the token order
-        from monai_simsid.networks.blocks.memory import blocks_to_tokens
-
         order = blocks_to_tokens(torch.arange(n).view(1, 1, *size), grid).reshape(-1)  # token t is voxel order[t]
         v = torch.empty_like(order).scatter_(0, order, torch.arange(n))[v]
     first = v // chunk * chunk  # the first voxel of v's chunk
@@ -79,33 +79,6 @@ def _shuffle_index(
     base = out_channels * expand * first + e * width + (v - first)
     channel = torch.arange(out_channels).reshape(-1, 1) * expand * width
     return (base + channel).reshape(-1).contiguous()
-
-
-def _fold_norm(
-    weight: torch.Tensor, bias: torch.Tensor | None, norm_layer: nn.Module, repeat: int = 1
-) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """``(weight, bias)`` of a conv followed by ``norm_layer``, with an eval-mode batch norm folded in.
-
-    ``norm_layer`` may be ``nn.Identity`` (the bias is then the conv's, zeros if it has none) or an eval batch norm
-    with running statistics; each of its channels covers ``repeat`` consecutive output channels of the conv (the
-    sub-voxels of a conv before a voxel shuffle). None when the norm cannot be folded (training mode, other norms).
-    """
-    bias = bias if bias is not None else weight.new_zeros(weight.shape[0])
-    if isinstance(norm_layer, nn.Identity):
-        return weight, bias
-    if not isinstance(norm_layer, nn.modules.batchnorm._BatchNorm) or norm_layer.training:
-        return None
-    if norm_layer.running_mean is None or norm_layer.running_var is None:
-        return None
-    scale = torch.rsqrt(norm_layer.running_var + norm_layer.eps)
-    if norm_layer.weight is not None:
-        scale = scale * norm_layer.weight
-    shift = -norm_layer.running_mean * scale
-    if norm_layer.bias is not None:
-        shift = shift + norm_layer.bias
-    if repeat > 1:
-        scale, shift = scale.repeat_interleave(repeat), shift.repeat_interleave(repeat)
-    return weight * scale.reshape(-1, *([1] * (weight.dim() - 1))), bias * scale + shift
 
 
 def _act_(act: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -482,11 +455,22 @@ class ConvDecoder(nn.Module):
         folded in (None: not possible)."""
         if conv.weight.shape[2:].numel() != 1:
             return None
-        folded = _fold_norm(conv.weight, conv.bias, norm_layer, repeat=sub)
-        if folded is None:
+        w = conv.weight.reshape(conv.weight.shape[0], -1)
+        bias = conv.bias if conv.bias is not None else w.new_zeros(w.shape[0])
+        if isinstance(norm_layer, nn.Identity):
+            return w, bias[:, None]
+        if not isinstance(norm_layer, nn.modules.batchnorm._BatchNorm) or norm_layer.training:
             return None
-        w, bias = folded
-        return w.reshape(w.shape[0], -1), bias[:, None]
+        if norm_layer.running_mean is None or norm_layer.running_var is None:
+            return None
+        scale = torch.rsqrt(norm_layer.running_var + norm_layer.eps)
+        if norm_layer.weight is not None:
+            scale = scale * norm_layer.weight
+        shift = -norm_layer.running_mean * scale
+        if norm_layer.bias is not None:
+            shift = shift + norm_layer.bias
+        scale, shift = scale.repeat_interleave(sub), shift.repeat_interleave(sub)
+        return w * scale[:, None], (bias * scale + shift)[:, None]
 
     def forward(
         self,

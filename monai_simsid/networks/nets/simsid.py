@@ -15,7 +15,7 @@ from monai.networks.layers.simplelayers import separable_filtering
 
 from monai_simsid.networks.blocks.convolutions import ConvDecoder, ConvEncoder
 from monai_simsid.networks.blocks.inpainting import InpaintingBlock
-from monai_simsid.networks.blocks.memory import MemoryBlock, tokens_to_blocks
+from monai_simsid.networks.blocks.memory import MemoryBlock, _block_size, tokens_to_blocks
 from monai_simsid.networks.nets.discriminator import SimSIDDiscriminator
 
 __all__ = ["SimSID", "SimSIDOutput", "SimSIDTrainOutput", "AnomalyHead", "MAP_MODES"]
@@ -304,7 +304,7 @@ class SimSID(nn.Module):
         h, _ = self.inpainting.inpaint_tokens(z, region, return_attention=False)  # (B, P, V, embed_dim)
         proj = self.inpainting.proj_out  # a 1x1 conv: a linear map per voxel
         tokens = F.linear(h, proj.weight.reshape(proj.out_channels, -1), proj.bias)
-        block = tuple(s // g for s, g in zip(z.shape[2:], self.block_grid))
+        block = _block_size(z.shape[2:], self.block_grid)
         hooks = {
             i: (lambda t, m=m: m.forward_tokens(t, region, return_attention=False)[0])
             for i, m in enumerate(self.decoder_memory)
