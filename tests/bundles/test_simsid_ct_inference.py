@@ -173,3 +173,20 @@ def test_calibrate_json_adds_normative_statistics_from_the_normals(trained, synt
     assert pred_new.anomaly_map.shape == pred_old.anomaly_map.shape and 0 <= pred_new.anomaly_map.min() <= pred_new.anomaly_map.max() <= 1
     assert not np.allclose(pred_new.anomaly_map, pred_old.anomaly_map)  # the normalisation is applied
     assert pred_new.raw_score != pred_old.raw_score
+
+
+def test_select_checkpoint_tool_scores_a_trained_checkpoint_on_injected_lesions(trained, synthetic_dataset, tmp_path, capsys):
+    from conftest import load_tool
+
+    out = tmp_path / "ranking.json"
+    rc = load_tool("select_checkpoint").main(["--ckpts", f"{trained},{trained}", "--datalist", str(synthetic_dataset),
+                                              "--seeds", "0", "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert rc == 0 and json.loads(capsys.readouterr().out) == result
+    val = [e["image"] for e in load_datalist(str(synthetic_dataset), "validation") if not e.get("label")]
+    train = {e["image"] for e in load_datalist(str(synthetic_dataset), "training")}
+    assert result["normals"] == val and val and train.isdisjoint(val)  # the validation normals, not the training scans
+    first, second = result["ranking"]
+    assert result["best"] == first["checkpoint"] == str(trained)
+    assert first["num_lesion_cases"] == len(val) and all(0.0 <= first[k] <= 1.0 for k in ("voxel_ap", "voxel_auroc", "sample_auroc"))
+    assert {k: v for k, v in first.items()} == second  # the same network meets the same lesions
