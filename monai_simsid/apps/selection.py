@@ -10,6 +10,10 @@ normals (the rule of the calibration).
 Each checkpoint runs through its bundle's own ``inference.json`` network, preprocessing and sliding-window inferer,
 on the model grid, without calibration or normative maps (they rescale the map per position, which is a property of
 the calibration, not of the trained network).
+
+It is a weak signal so far: on the shared real CT (three training normals, nine injected lesions) it ranked six
+existing checkpoints as the real lesions did, but then picked the worst of three new seeds on the LIDC crops
+(``docs/benchmarks.md``, "Label-free model selection").
 """
 
 from __future__ import annotations
