@@ -1,14 +1,16 @@
 #!/usr/bin/env python
-"""Pick the best of several trained checkpoints without lesion labels: synthetic lesions in normal scans.
+"""Score several trained checkpoints without lesion labels: synthetic lesions injected into normal scans.
 
     python tools/select_checkpoint.py --bundle simsid_ct --datalist DATALIST.json \
         --ckpts RUN_S0/models/model.pt,RUN_S1/models/model.pt,RUN_S2/models/model.pt [--out ranking.json]
 
-Typical use: train the same bundle configuration with a few ``--seed`` values, then keep the checkpoint that finds
-synthetic ellipsoid lesions, injected into the datalist's validation normals (else its training scans), best
-(:func:`monai_simsid.apps.selection.rank_checkpoints`). No real lesion label is read. Prints (and with ``--out``
-writes atomically) JSON: every checkpoint's ``voxel_ap``, ``voxel_auroc`` and ``sample_auroc``, best first by
-``--metric`` (default ``voxel_ap``), and ``best``.
+Each checkpoint (e.g. one per training ``--seed``) is scored on synthetic ellipsoid lesions injected into the
+datalist's validation normals, else its training scans (:func:`monai_simsid.apps.selection.rank_checkpoints`). No
+real lesion label is read. Prints (and with ``--out`` writes atomically) JSON: every checkpoint's ``voxel_ap``,
+``voxel_auroc`` and ``sample_auroc``, best first by ``--metric`` (default ``voxel_ap``), and ``best``.
+
+A weak signal so far: on the shared real CT it did not pick the best of three new seeds (``docs/benchmarks.md``,
+"Label-free model selection"). Treat ``best`` as a measurement, not a choice to rely on.
 """
 
 from __future__ import annotations
