@@ -23,7 +23,7 @@ __all__ = ["SimSID", "SimSIDOutput", "SimSIDTrainOutput", "AnomalyHead", "MAP_MO
 _INTERP = {1: "linear", 2: "bilinear", 3: "trilinear"}
 
 #: eval-mode anomaly-map modes of :class:`SimSID` (see its ``map_mode`` argument).
-MAP_MODES = ("recon", "head", "combined")
+MAP_MODES = ("recon", "head", "combined", "distill")
 
 
 class AnomalyHead(nn.Module):
@@ -106,6 +106,8 @@ class SimSID(nn.Module):
         disc_channels: discriminator channels.
         disc_norm: norm of the discriminator's inner convs.
         norm: norm of encoder/decoders.
+        encoder_convs: convolutions per encoder level (see :class:`ConvEncoder` ``convs_per_level``); 1 halves the
+            encoder's cost (the CPU preset).
         out_act: optional activation on the reconstructions (e.g. ``"sigmoid"`` for [0, 1] images).
         overlapping_up: k4-s2 transposed convs in the decoders (paper-like); False gives k2-s2 (CPU preset).
         up_mode: decoder up-sampling, ``"deconv"`` (transposed convs, the default) or ``"shuffle"`` (a 1x1 conv,
@@ -121,7 +123,9 @@ class SimSID(nn.Module):
         map_mode: eval-mode anomaly map: ``"recon"`` (``|x - recon|`` [+ feature term], the default),
             ``"head"`` (sigmoid of the head logit, in [0, 1]) or ``"combined"``
             (``0.5 * recon_map / recon_scale + 0.5 * sigmoid(head)``: the reconstruction map in units of the normal
-            99th-percentile error, so ~<= 0.5 on normal voxels, plus half the head probability). ``"head"`` and
+            99th-percentile error, so ~<= 0.5 on normal voxels, plus half the head probability), or ``"distill"``
+            (``mean_c |teacher(z) - student(z)|``: where the memory-bound student departs from the teacher, which
+            decodes the raw encoder features; the eval pass then also runs the teacher decoder). ``"head"`` and
             ``"combined"`` need ``anomaly_head=True``. The attribute can be changed after construction.
     """
 
@@ -154,6 +158,7 @@ class SimSID(nn.Module):
         anomaly_head: bool = False,
         head_channels: int = 16,
         map_mode: str = "recon",
+        encoder_convs: int = 2,
     ) -> None:
         super().__init__()
         if spatial_dims not in (1, 2, 3):
@@ -190,7 +195,7 @@ class SimSID(nn.Module):
         self.window_score = True
         self.factor = factor
 
-        self.encoder = ConvEncoder(spatial_dims, in_channels, channels, norm=norm)
+        self.encoder = ConvEncoder(spatial_dims, in_channels, channels, norm=norm, convs_per_level=encoder_convs)
         self.inpainting = InpaintingBlock(
             spatial_dims, channels[-1], self.block_grid, embed_dim=embed_dim, num_heads=num_heads,
             num_slots=num_slots, top_k=top_k, num_regions=self.num_regions, mask_ratio=mask_ratio,
@@ -223,7 +228,7 @@ class SimSID(nn.Module):
     def _check_map_mode(self) -> None:
         if self.map_mode not in MAP_MODES:
             raise ValueError(f"map_mode must be one of {MAP_MODES}, got {self.map_mode!r}.")
-        if self.map_mode != "recon" and self.anomaly_head is None:
+        if self.map_mode in ("head", "combined") and self.anomaly_head is None:
             raise ValueError(f"map_mode={self.map_mode!r} needs anomaly_head=True.")
 
     # ------------------------------------------------------------------ anomaly head
@@ -333,13 +338,17 @@ class SimSID(nn.Module):
         if self.training:
             teacher_recon, teacher_feats = self.teacher_decoder(z.detach())
             return SimSIDTrainOutput(teacher_recon, student_recon, teacher_feats, student_feats)
-        amap = self._error_map(x, student_recon)
+        self._check_map_mode()
+        if self.map_mode == "distill":
+            teacher_recon, _ = self.teacher_decoder(z, return_features=False)
+            amap = self._error_map(teacher_recon, student_recon)
+        else:
+            amap = self._error_map(x, student_recon)
         if self.map_feature_weight > 0:
             ferr = (inpainted - z).pow(2).mean(1, keepdim=True)
             ferr = F.interpolate(ferr, size=x.shape[2:], mode=_INTERP[self.spatial_dims], align_corners=False)
             amap = amap + self.map_feature_weight * ferr
-        self._check_map_mode()
-        if self.map_mode != "recon":
+        if self.map_mode in ("head", "combined"):
             prob = torch.sigmoid(self.head_logits(x, student_recon))
             if self.map_mode == "head":
                 amap = prob

@@ -158,10 +158,11 @@ def test_decoder_forward_tokens_matches_block_layout(spatial_dims, norm):
         deconv.forward_tokens(blocks_to_tokens(x, grid), grid, block)
 
 
-@pytest.mark.parametrize("spatial_dims", [2, 3])
-def test_channels_last_eval_encoder(spatial_dims):
+@pytest.mark.parametrize("spatial_dims,convs_per_level", [(2, 2), (3, 2), (3, 1)])
+def test_channels_last_eval_encoder(spatial_dims, convs_per_level):
     torch.manual_seed(0)
-    enc = ConvEncoder(spatial_dims, 3, (4, 8))
+    enc = ConvEncoder(spatial_dims, 3, (4, 8), convs_per_level=convs_per_level)
+    assert sum(isinstance(m, nn.Conv3d if spatial_dims == 3 else nn.Conv2d) for m in enc.modules()) == 2 * convs_per_level
     _randomise_norms(enc)
     enc.eval()
     x = torch.randn(2, 3, *(16,) * spatial_dims)
@@ -186,14 +187,15 @@ def _reference_simsid_eval(net: SimSID, x: torch.Tensor, region: torch.Tensor) -
     return recon, (x - recon).abs().mean(1, keepdim=True)
 
 
-@pytest.mark.parametrize("spatial_dims", [2, 3])
-def test_simsid_eval_fast_paths_match_reference(spatial_dims):
+@pytest.mark.parametrize("spatial_dims,encoder_convs", [(2, 2), (3, 2), (3, 1)])
+def test_simsid_eval_fast_paths_match_reference(spatial_dims, encoder_convs):
     torch.manual_seed(0)
     roi = (32,) * spatial_dims
     net = SimSID(
         spatial_dims, in_channels=3, roi_size=roi, block_grid=(2,) * spatial_dims, region_grid=(3,) * spatial_dims,
         channels=(4, 8, 16), embed_dim=16, num_heads=4, num_slots=20, top_k=5, decoder_memory_levels=2,
         with_discriminator=False, up_mode="shuffle", overlapping_up=False, out_kernel_size=1,
+        encoder_convs=encoder_convs,
     )
     _randomise_norms(net)
     net.eval()

@@ -74,6 +74,8 @@ def test_validation_errors():
         SimSID(3, roi_size=(32, 32, 32), block_grid=(1, 1, 1), **SMALL)
     with pytest.raises(ValueError):
         SimSID(3, roi_size=(32, 32, 32), decoder_memory_levels=5, **SMALL)
+    with pytest.raises(ValueError, match="convs_per_level"):
+        SimSID(3, roi_size=(32, 32, 32), encoder_convs=0, **SMALL)
     net = SimSID(2, roi_size=(32, 32), block_grid=(2, 2), region_grid=(2, 2), **SMALL)
     with pytest.raises(ValueError):
         net(torch.rand(1, 1, 32, 32), torch.tensor([4]))
@@ -86,3 +88,21 @@ def test_discriminator_shape_agnostic():
     assert d(torch.rand(2, 1, 32, 48, 40)).shape == (2, 1)
     with pytest.raises(ValueError):
         d(torch.rand(1, 1, 16, 32, 32))
+
+
+def test_distill_map_mode():
+    torch.manual_seed(0)
+    net = SimSID(3, roi_size=(32, 32, 32), block_grid=(2, 2, 2), region_grid=(3, 3, 3), **SMALL).eval()
+    x = torch.rand(2, 2, 32, 32, 32)[:, :1]
+    region = torch.tensor([0, 26])
+    with torch.no_grad():
+        recon_map = net(x, region)
+        net.map_mode = "distill"
+        out = net(x, region)
+        teacher, _ = net.teacher_decoder(net.encoder(x))
+    assert torch.allclose(out.reconstruction, recon_map.reconstruction)  # the student is unchanged
+    assert torch.allclose(out.anomaly_map, (teacher - out.reconstruction).abs().mean(1, keepdim=True), atol=1e-5)
+    assert not torch.allclose(out.anomaly_map, recon_map.anomaly_map)
+    net.map_mode = "nonsense"
+    with pytest.raises(ValueError, match="map_mode"):
+        net(x, region)
