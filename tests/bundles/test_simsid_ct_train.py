@@ -65,7 +65,7 @@ def test_hu_windows_are_applied_identically_in_training_and_inference(synthetic_
 def test_speed_switches_are_wired(synthetic_dataset, tmp_path):
     wf = _workflow(synthetic_dataset, tmp_path, max_epochs=1, epoch_length=1, train_handlers=[], channels_last=True, compile="eager")
     net = wf.parser.get_parsed_content("network")
-    assert net.encoder.levels[0][3].weight.is_contiguous(memory_format=torch.channels_last_3d)
+    assert net.encoder.levels[1][0].weight.is_contiguous(memory_format=torch.channels_last_3d)
     wf.run()
     out = wf.parser.get_parsed_content("trainer").state.output
     assert all(torch.isfinite(torch.tensor(v)) for v in out.values())
