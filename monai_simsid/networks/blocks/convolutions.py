@@ -131,7 +131,7 @@ class ConvEncoder(nn.Module):
     Each level is ``conv(k3, stride s) -> norm -> act`` followed by ``convs_per_level - 1`` blocks of
     ``conv(k3) -> norm -> act``; level ``i`` outputs ``channels[i]`` channels at ``1 / prod(strides[: i + 1])`` of the
     input resolution. With ``convs_per_level=1`` the encoder has the depth of MONAI's ``AutoEncoder`` encoder
-    (``num_res_units=0``) at about half the cost of the default 2.
+    (``num_res_units=0``), with half the convolutions of the default 2.
 
     Args:
         spatial_dims: number of spatial dimensions (1, 2 or 3).

@@ -107,7 +107,7 @@ class SimSID(nn.Module):
         disc_norm: norm of the discriminator's inner convs.
         norm: norm of encoder/decoders.
         encoder_convs: convolutions per encoder level (see :class:`ConvEncoder` ``convs_per_level``); 1 halves the
-            encoder's cost (the CPU preset).
+            encoder's convolutions (the CPU preset).
         out_act: optional activation on the reconstructions (e.g. ``"sigmoid"`` for [0, 1] images).
         overlapping_up: k4-s2 transposed convs in the decoders (paper-like); False gives k2-s2 (CPU preset).
         up_mode: decoder up-sampling, ``"deconv"`` (transposed convs, the default) or ``"shuffle"`` (a 1x1 conv,
