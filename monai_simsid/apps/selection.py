@@ -11,9 +11,10 @@ Each checkpoint runs through its bundle's own ``inference.json`` network, prepro
 on the model grid, without calibration or normative maps (they rescale the map per position, which is a property of
 the calibration, not of the trained network).
 
-It is a weak signal so far: on the shared real CT (three training normals, nine injected lesions) it ranked six
-existing checkpoints as the real lesions did, but then picked the worst of three new seeds on the LIDC crops
-(``docs/benchmarks.md``, "Label-free model selection").
+It is not a reliable choice: on the shared real CT (three training normals, nine injected lesions) it ranked six
+existing checkpoints as the real lesions did, but then picked the worst of three new seeds on the LIDC crops, and
+the worst of six seeds of the one-convolution encoder on lung2 (``docs/benchmarks.md``, "Label-free model
+selection" and "One convolution per encoder level").
 """
 
 from __future__ import annotations

@@ -189,4 +189,4 @@ def test_select_checkpoint_tool_scores_a_trained_checkpoint_on_injected_lesions(
     first, second = result["ranking"]
     assert result["best"] == first["checkpoint"] == str(trained)
     assert first["num_lesion_cases"] == len(val) and all(0.0 <= first[k] <= 1.0 for k in ("voxel_ap", "voxel_auroc", "sample_auroc"))
-    assert {k: v for k, v in first.items()} == second  # the same network meets the same lesions
+    assert first == second  # the same network meets the same lesions

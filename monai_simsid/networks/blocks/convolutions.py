@@ -175,12 +175,12 @@ class ConvEncoder(nn.Module):
             layers = []
             for j in range(self.convs_per_level):
                 layers += [
-                    conv(prev if j == 0 else c, c, kernel_size=3, stride=s if j == 0 else 1, padding=1, bias=bias),
+                    conv(prev, c, kernel_size=3, stride=s if j == 0 else 1, padding=1, bias=bias),
                     _norm(norm, spatial_dims, c),
                     _act(act),
                 ]
+                prev = c
             levels.append(nn.Sequential(*layers))
-            prev = c
         self.levels = nn.ModuleList(levels)
 
     @property

@@ -93,7 +93,7 @@ def test_discriminator_shape_agnostic():
 def test_distill_map_mode():
     torch.manual_seed(0)
     net = SimSID(3, roi_size=(32, 32, 32), block_grid=(2, 2, 2), region_grid=(3, 3, 3), **SMALL).eval()
-    x = torch.rand(2, 2, 32, 32, 32)[:, :1]
+    x = torch.rand(2, 1, 32, 32, 32)
     region = torch.tensor([0, 26])
     with torch.no_grad():
         recon_map = net(x, region)
