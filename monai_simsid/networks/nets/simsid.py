@@ -103,6 +103,8 @@ class SimSID(nn.Module):
             sigma in voxels, per window) instead of ``|x - recon|``. Texture the bottleneck cannot reproduce (vessels,
             edges, noise) gives a signed error that averages out; a region whose mean intensity departs from the
             reconstruction (a dense lesion filled in with lung) does not. 0 keeps the voxel-wise error.
+        map_channels: the input channels that the eval-mode map compares (e.g. ``[0]``: the first HU window only);
+            None (the default) compares all channels. Training is unchanged: the decoders reconstruct every channel.
         disc_channels: discriminator channels.
         disc_norm: norm of the discriminator's inner convs.
         norm: norm of encoder/decoders.
@@ -159,6 +161,7 @@ class SimSID(nn.Module):
         head_channels: int = 16,
         map_mode: str = "recon",
         encoder_convs: int = 2,
+        map_channels: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         if spatial_dims not in (1, 2, 3):
@@ -181,6 +184,12 @@ class SimSID(nn.Module):
             raise ValueError(f"map_feature_weight must be >= 0, got {map_feature_weight}.")
         if map_sigma < 0:
             raise ValueError(f"map_sigma must be >= 0, got {map_sigma}.")
+        if map_channels is not None:
+            map_channels = [int(c) for c in map_channels]
+            if not map_channels or len(set(map_channels)) != len(map_channels):
+                raise ValueError(f"map_channels must be a non-empty list of distinct channels, got {map_channels}.")
+            if min(map_channels) < 0 or max(map_channels) >= in_channels:
+                raise ValueError(f"map_channels {map_channels} must lie in [0, in_channels={in_channels}).")
         if with_discriminator and min(roi_size) < 2 ** len(disc_channels):
             raise ValueError(f"roi_size {tuple(roi_size)} too small for a {len(disc_channels)}-conv discriminator.")
         self.spatial_dims = spatial_dims
@@ -190,6 +199,7 @@ class SimSID(nn.Module):
         self.num_regions = math.prod(self.region_grid)
         self.map_feature_weight = float(map_feature_weight)
         self.map_sigma = float(map_sigma)
+        self.map_channels = None if map_channels is None else tuple(map_channels)
         #: eval mode: score windows with the discriminator (when there is one). A caller whose scan score does not use
         #: window scores (``score_method="topk"``) switches it off to save the discriminator pass; the map is unchanged.
         self.window_score = True
@@ -362,7 +372,9 @@ class SimSID(nn.Module):
         return SimSIDOutput(student_recon, amap, score)
 
     def _error_map(self, x: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
-        """``mean_c |x - recon|`` ``(B, 1, *S)``, of local means with ``map_sigma > 0``."""
+        """``mean_c |x - recon|`` ``(B, 1, *S)`` over ``map_channels``, of local means with ``map_sigma > 0``."""
+        if self.map_channels is not None:
+            x, recon = _select_channels(x, self.map_channels), _select_channels(recon, self.map_channels)
         if self.map_sigma > 0:  # no module: the state dict (and old checkpoints) stay as they are
             err = x - recon
             k = gaussian_1d(torch.tensor(self.map_sigma), truncated=3.0, normalize=True).to(err.device, torch.float32)
@@ -385,3 +397,11 @@ class SimSID(nn.Module):
         if self.discriminator is None:
             raise RuntimeError("this SimSID was built with with_discriminator=False.")
         return self.discriminator(img).reshape(-1)
+
+
+def _select_channels(t: torch.Tensor, channels: Sequence[int]) -> torch.Tensor:
+    """``t[:, channels]``; a view when the channels are consecutive."""
+    first = channels[0]
+    if list(channels) == list(range(first, first + len(channels))):
+        return t.narrow(1, first, len(channels))
+    return t[:, list(channels)]

@@ -106,3 +106,26 @@ def test_distill_map_mode():
     net.map_mode = "nonsense"
     with pytest.raises(ValueError, match="map_mode"):
         net(x, region)
+
+
+@pytest.mark.parametrize("channels", [[0], [1, 2], [2, 0]])
+def test_map_channels(channels):
+    torch.manual_seed(0)
+    kw = dict(roi_size=(32, 32, 32), block_grid=(2, 2, 2), region_grid=(3, 3, 3), **SMALL)
+    net = SimSID(3, in_channels=3, **kw).eval()
+    sub = SimSID(3, in_channels=3, map_channels=channels, **kw).eval()
+    sub.load_state_dict(net.state_dict())  # the option adds no weights
+    x = torch.rand(2, 3, 32, 32, 32)
+    region = torch.tensor([0, 26])
+    with torch.no_grad():
+        full, part = net(x, region), sub(x, region)
+    assert torch.allclose(part.reconstruction, full.reconstruction)  # every channel is still reconstructed
+    expected = (x[:, channels] - full.reconstruction[:, channels]).abs().mean(1, keepdim=True)
+    assert torch.allclose(part.anomaly_map, expected, atol=1e-6)
+    assert not torch.allclose(part.anomaly_map, full.anomaly_map)
+
+
+@pytest.mark.parametrize("channels", [[], [3], [0, 0], [-1]])
+def test_map_channels_refused(channels):
+    with pytest.raises(ValueError, match="map_channels"):
+        SimSID(3, in_channels=3, roi_size=(32, 32, 32), map_channels=channels, **SMALL)
