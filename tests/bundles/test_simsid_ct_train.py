@@ -70,3 +70,21 @@ def test_speed_switches_are_wired(synthetic_dataset, tmp_path):
     out = wf.parser.get_parsed_content("trainer").state.output
     assert all(torch.isfinite(torch.tensor(v)) for v in out.values())
     wf.finalize()
+
+
+def test_default_map_compares_the_lung_window(synthetic_dataset, tmp_path):
+    wf = _workflow(synthetic_dataset, tmp_path, max_epochs=1, epoch_length=1, val_interval=10)
+    lung_window = wf.parser.get_parsed_content("hu_windows")[0]
+    assert lung_window[1] <= -400  # channel 0 is the lung window
+    wf.run()
+    wf.finalize()
+    cfg = torch.load(tmp_path / "models" / "model.pt", weights_only=False)["meta"]["model_config"]
+    assert cfg["map_channels"] == [0]
+    from monai_simsid.networks.nets import SimSID
+
+    net = SimSID(**cfg).eval()
+    x = torch.rand(1, cfg["in_channels"], *cfg["roi_size"])
+    with torch.no_grad():
+        out = net(x)
+    expected = (x[:, :1] - out.reconstruction[:, :1]).abs()
+    assert torch.allclose(out.anomaly_map, expected, atol=1e-6)
