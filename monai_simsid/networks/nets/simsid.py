@@ -185,6 +185,10 @@ class SimSID(nn.Module):
         if map_sigma < 0:
             raise ValueError(f"map_sigma must be >= 0, got {map_sigma}.")
         if map_channels is not None:
+            if isinstance(map_channels, (str, bytes)) or not all(
+                isinstance(c, int) and not isinstance(c, bool) for c in map_channels
+            ):
+                raise ValueError(f"map_channels must be a list of channel indices or None, got {map_channels!r}.")
             map_channels = [int(c) for c in map_channels]
             if not map_channels or len(set(map_channels)) != len(map_channels):
                 raise ValueError(f"map_channels must be a non-empty list of distinct channels, got {map_channels}.")

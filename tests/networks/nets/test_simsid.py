@@ -125,7 +125,7 @@ def test_map_channels(channels):
     assert not torch.allclose(part.anomaly_map, full.anomaly_map)
 
 
-@pytest.mark.parametrize("channels", [[], [3], [0, 0], [-1]])
+@pytest.mark.parametrize("channels", [[], [3], [0, 0], [-1], "null", [0.5], [True]])
 def test_map_channels_refused(channels):
     with pytest.raises(ValueError, match="map_channels"):
         SimSID(3, in_channels=3, roi_size=(32, 32, 32), map_channels=channels, **SMALL)
