@@ -28,6 +28,7 @@ def inspect(predictor, image: str, label: str) -> tuple[dict, dict]:
     x = prepared["image"][None].float()
     body = prepared["body"][None]
     net = predictor.network
+    net.map_only = False  # every channel of the reconstruction, not only those the map compares
 
     class _Recon(torch.nn.Module):
         def forward(self, w, region):

@@ -538,6 +538,8 @@ class AnomalyPredictor(CalibratedMapPredictor):
         self.device = torch.device(device)
         if self.score_method == "topk" and hasattr(network, "window_score"):
             network.window_score = False  # the scan score reads the map only: skip SimSID's discriminator pass
+        if hasattr(network, "map_only"):
+            network.map_only = True  # the inferer reads only the map: SimSID decodes only the channels it compares
         # per-position normalisation of the map, fitted on the calibration normals (see NormativeMap); an input without
         # a body frame (body_mode "whole", e.g. a small crop) gets the global normal statistics instead
         normative = self.calibration.get("normative")

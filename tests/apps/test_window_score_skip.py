@@ -54,3 +54,31 @@ def test_topk_skips_the_score_map_without_changing_the_anomaly_map():
     assert full.score_map is not None and full.score_map.shape == full.anomaly_map.shape
     assert torch.equal(fast.anomaly_map, full.anomaly_map)
     assert _predictor("discriminator").run_model(x, body).score_map is not None
+
+
+def test_predictor_decodes_only_the_map_channels(ct_file):
+    path = str(ct_file())
+    windows = [[-1000, -400], [-160, 240], [-1000, 500]]
+    torch.manual_seed(0)
+    net = SimSID(3, 3, roi_size=(32, 32, 32), channels=(4, 8, 16), embed_dim=16, num_heads=2, num_slots=8,
+                 disc_channels=(4,) * 5, up_mode="shuffle", overlapping_up=False, out_kernel_size=1,
+                 map_channels=[0])  # fmt: skip
+    inferer = AnomalyInferer((32, 32, 32), (3, 3, 3), sw_batch_size=4)
+    predictor = AnomalyPredictor(net, inferer, build_preprocessing(hu_windows=windows), CAL, "simsid_ct", "t",
+                                 device="cpu", write_png=False)  # fmt: skip
+    assert net.map_only is True
+    decode, decoded = net.student_decoder.forward_tokens, []
+
+    def spy(*args, **kwargs):
+        out = decode(*args, **kwargs)
+        decoded.append(out.shape[1])
+        return out
+
+    net.student_decoder.forward_tokens = spy
+    a = predictor.predict({"image": path}).anomaly_map
+    only = set(decoded)
+    net.map_only = False
+    decoded.clear()
+    b = predictor.predict({"image": path}).anomaly_map
+    assert only == {1} and set(decoded) == {3}  # the block-token path (CPU), one channel against three
+    np.testing.assert_allclose(a, b, atol=1e-6)

@@ -405,6 +405,7 @@ class ConvDecoder(nn.Module):
         chain: Sequence[tuple[torch.Tensor, torch.Tensor, nn.Module, int, int]],
         grid: Sequence[int] | None = None,
         block_size: Sequence[int] | None = None,
+        out_channels: Sequence[int] | None = None,
     ) -> torch.Tensor:
         """The levels of ``chain`` (see :meth:`_folded_chain`) and the final 1x1 conv, then all their shuffles.
 
@@ -417,13 +418,17 @@ class ConvDecoder(nn.Module):
         :func:`_shuffle_index`), the same values as ``pixelshuffle`` by each stride in turn.
 
         With a block ``grid`` and ``block_size``, ``x`` is a map in block tokens ``(B, P, V, C)`` (see
-        :meth:`forward_tokens`); the gather then also undoes the token order.
+        :meth:`forward_tokens`); the gather then also undoes the token order. ``out_channels`` (indices) computes
+        only those output channels, in that order (the final conv acts voxel by voxel, so they are the same values).
         """
         d = self.spatial_dims
         conv = self.final[0]
-        out_c = conv.out_channels
-        w_final = conv.weight.reshape(out_c, chain[-1][3])
-        b_final = (conv.bias if conv.bias is not None else w_final.new_zeros(out_c)).reshape(out_c, 1)
+        w_final = conv.weight.reshape(conv.out_channels, chain[-1][3])
+        b_final = (conv.bias if conv.bias is not None else w_final.new_zeros(conv.out_channels)).reshape(-1, 1)
+        if out_channels is not None:
+            keep = torch.as_tensor(list(out_channels), dtype=torch.long, device=w_final.device)
+            w_final, b_final = w_final.index_select(0, keep), b_final.index_select(0, keep)
+        out_c = w_final.shape[0]
         if grid is None:
             b, cin, *size = x.shape
             xs = x.reshape(b, cin, -1)
@@ -555,6 +560,7 @@ class ConvDecoder(nn.Module):
         grid: Sequence[int],
         block_size: Sequence[int],
         hooks: Mapping[int, Callable[[torch.Tensor], torch.Tensor]] | None = None,
+        out_channels: Sequence[int] | None = None,
     ) -> torch.Tensor:
         """Eval-mode CPU decoding of a code given in block tokens, without leaving the token layout until the end.
 
@@ -566,6 +572,8 @@ class ConvDecoder(nn.Module):
         and return tokens ``(B, P, V, C)`` (e.g. :meth:`~monai_simsid.networks.blocks.memory.MemoryBlock.forward_tokens`).
         The folded chain reads the tokens as they are and its final gather undoes the token order. The output
         ``(B, out_channels, *S)`` equals :meth:`forward` with the same hooks in block layout, up to float rounding.
+        ``out_channels`` (a list of indices) decodes only those output channels: the output is then
+        ``forward(...)[0][:, out_channels]``, and the final conv and the last gather do that much less work.
 
         Raises:
             ValueError: when the decoder cannot run this way (see :meth:`supports_tokens`).
@@ -587,4 +595,4 @@ class ConvDecoder(nn.Module):
             x = y.reshape(b, p, math.prod(block), c)
             if i in hooks:
                 x = hooks[i](x)
-        return self._folded_tail(x, chain, grid, block)
+        return self._folded_tail(x, chain, grid, block, out_channels)

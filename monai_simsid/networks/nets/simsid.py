@@ -207,6 +207,11 @@ class SimSID(nn.Module):
         #: eval mode: score windows with the discriminator (when there is one). A caller whose scan score does not use
         #: window scores (``score_method="topk"``) switches it off to save the discriminator pass; the map is unchanged.
         self.window_score = True
+        #: eval mode: decode only the channels that the map compares (``map_channels``), when nothing else reads the
+        #: reconstruction (map mode ``"recon"`` or ``"distill"``, no window score). ``reconstruction`` then holds those
+        #: channels only. A caller that reads only the map switches it on (the predictor does) to skip the other
+        #: channels' final conv and voxel shuffle; the map is the same up to float rounding.
+        self.map_only = False
         self.factor = factor
 
         self.encoder = ConvEncoder(spatial_dims, in_channels, channels, norm=norm, convs_per_level=encoder_convs)
@@ -313,12 +318,22 @@ class SimSID(nn.Module):
             and self.student_decoder.supports_tokens(range(len(self.decoder_memory)), z.device)
         )
 
-    def _student_tokens(self, z: torch.Tensor, region: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _map_only_channels(self) -> tuple[int, ...] | None:
+        """The channels to decode under :attr:`map_only` (None: all of them)."""
+        if self.training or not self.map_only or self.map_channels is None or self.map_mode not in ("recon", "distill"):
+            return None
+        if self.discriminator is not None and self.window_score:
+            return None
+        return self.map_channels
+
+    def _student_tokens(
+        self, z: torch.Tensor, region: torch.Tensor, out_channels: Sequence[int] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Eval fast path: in-painting, decoder memories and student decoder without leaving the block-token layout
         (see :meth:`ConvDecoder.forward_tokens`); the same reconstruction as :meth:`_student` up to float rounding.
 
         Returns ``(reconstruction, in-painted map)``; the map (block layout) only when the anomaly map uses it
-        (``map_feature_weight > 0``), else None.
+        (``map_feature_weight > 0``), else None. ``out_channels`` decodes only those reconstruction channels.
         """
         h, _ = self.inpainting.inpaint_tokens(z, region, return_attention=False)  # (B, P, V, embed_dim)
         proj = self.inpainting.proj_out  # a 1x1 conv: a linear map per voxel
@@ -328,7 +343,7 @@ class SimSID(nn.Module):
             i: (lambda t, m=m: m.forward_tokens(t, region, return_attention=False)[0])
             for i, m in enumerate(self.decoder_memory)
         }
-        recon = self.student_decoder.forward_tokens(tokens, self.block_grid, block, hooks)
+        recon = self.student_decoder.forward_tokens(tokens, self.block_grid, block, hooks, out_channels)
         inpainted = tokens_to_blocks(tokens, self.block_grid, block) if self.map_feature_weight > 0 else None
         return recon, inpainted
 
@@ -344,20 +359,27 @@ class SimSID(nn.Module):
         """
         region = self._check_input(x, region)
         z = self.encoder(x)
+        if not self.training:
+            self._check_map_mode()
+        only = self._map_only_channels()
         if self._can_decode_tokens(z):
-            student_recon, inpainted = self._student_tokens(z, region)
+            student_recon, inpainted = self._student_tokens(z, region, only)
         else:
             inpainted = self.inpainting(z, region)
             student_recon, student_feats = self._student(inpainted, region, return_features=self.training)
+            if only is not None:
+                student_recon = _select_channels(student_recon, only)
         if self.training:
             teacher_recon, teacher_feats = self.teacher_decoder(z.detach())
             return SimSIDTrainOutput(teacher_recon, student_recon, teacher_feats, student_feats)
-        self._check_map_mode()
+        # with ``only``, the reconstruction holds the map channels already
+        channels = self.map_channels if only is None else None
         if self.map_mode == "distill":
             teacher_recon, _ = self.teacher_decoder(z, return_features=False)
-            amap = self._error_map(teacher_recon, student_recon)
+            reference = teacher_recon if only is None else _select_channels(teacher_recon, only)
         else:
-            amap = self._error_map(x, student_recon)
+            reference = x if only is None else _select_channels(x, only)
+        amap = self._error_map(reference, student_recon, channels)
         if self.map_feature_weight > 0:
             ferr = (inpainted - z).pow(2).mean(1, keepdim=True)
             ferr = F.interpolate(ferr, size=x.shape[2:], mode=_INTERP[self.spatial_dims], align_corners=False)
@@ -375,10 +397,10 @@ class SimSID(nn.Module):
             score = amap.flatten(1).mean(1)
         return SimSIDOutput(student_recon, amap, score)
 
-    def _error_map(self, x: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
-        """``mean_c |x - recon|`` ``(B, 1, *S)`` over ``map_channels``, of local means with ``map_sigma > 0``."""
-        if self.map_channels is not None:
-            x, recon = _select_channels(x, self.map_channels), _select_channels(recon, self.map_channels)
+    def _error_map(self, x: torch.Tensor, recon: torch.Tensor, channels: Sequence[int] | None = None) -> torch.Tensor:
+        """``mean_c |x - recon|`` ``(B, 1, *S)`` over ``channels`` (None: all), of local means with ``map_sigma > 0``."""
+        if channels is not None:
+            x, recon = _select_channels(x, channels), _select_channels(recon, channels)
         if self.map_sigma > 0:  # no module: the state dict (and old checkpoints) stay as they are
             err = x - recon
             k = gaussian_1d(torch.tensor(self.map_sigma), truncated=3.0, normalize=True).to(err.device, torch.float32)

@@ -152,6 +152,10 @@ def test_decoder_forward_tokens_matches_block_layout(spatial_dims, norm):
     assert dec.supports_tokens([1], "cpu") and not dec.supports_tokens([2], "cpu")
     assert fast.shape == ref.shape == (2, 2, *[8 * g * b for g, b in zip(grid, block)])
     assert torch.allclose(fast, ref, atol=1e-5) and torch.allclose(no_hook, no_hook_ref, atol=1e-5)
+    with torch.no_grad():  # only some output channels, in the order asked for
+        for keep in ([1], [1, 0]):
+            part = dec.forward_tokens(blocks_to_tokens(x, grid), grid, block, hooks={1: lambda t: t * scale}, out_channels=keep)
+            assert part.shape[1] == len(keep) and torch.allclose(part, ref[:, keep], atol=1e-5)
     deconv = ConvDecoder(spatial_dims, (16, 8, 4), out_channels=2, up_mode="deconv").eval()
     assert not deconv.supports_tokens([], "cpu")
     with pytest.raises(ValueError, match="cannot decode block tokens"):
@@ -296,3 +300,36 @@ def test_simsid_token_path_matches_block_layout(decoder_memory_levels, block_gri
         ref = net(x, region)
     assert torch.allclose(fast.reconstruction, ref.reconstruction, atol=1e-5)
     assert torch.allclose(fast.anomaly_map, ref.anomaly_map, atol=1e-5)
+
+
+@pytest.mark.parametrize("up_mode", ["shuffle", "deconv"])  # the block-token path and the plain path
+def test_map_only_decodes_only_the_map_channels(up_mode):
+    torch.manual_seed(0)
+    kw = dict(up_mode="shuffle", overlapping_up=False, out_kernel_size=1) if up_mode == "shuffle" else dict(up_mode="deconv")
+    net = SimSID(
+        3, in_channels=3, roi_size=(32, 32, 32), block_grid=(2, 2, 2), region_grid=(3, 3, 3), channels=(4, 8, 16),
+        embed_dim=16, num_heads=4, num_slots=20, top_k=5, disc_channels=(4, 8, 8, 8, 8), map_channels=[2, 0], **kw
+    )
+    _randomise_norms(net)
+    net.eval()
+    x = torch.rand(2, 3, 32, 32, 32)
+    region = torch.tensor([3, 17])
+    with torch.no_grad():
+        full = net(x, region)
+        net.map_only = True
+        with_window_score = net(x, region)  # the discriminator scores the full reconstruction: nothing is skipped
+        net.window_score = False
+        only = net(x, region)
+        net.map_mode = "distill"
+        distill_only = net(x, region)
+        net.map_only = False
+        distill_full = net(x, region)
+    assert full.reconstruction.shape[1] == 3 and with_window_score.reconstruction.shape[1] == 3
+    assert only.reconstruction.shape[1] == 2
+    assert torch.allclose(only.reconstruction, full.reconstruction[:, [2, 0]], atol=1e-5)
+    assert torch.allclose(only.anomaly_map, full.anomaly_map, atol=1e-6)
+    assert torch.allclose(distill_only.anomaly_map, distill_full.anomaly_map, atol=1e-6)
+    assert distill_only.reconstruction.shape[1] == 2 and distill_full.reconstruction.shape[1] == 3
+    net.map_mode = "recon"
+    net.train()
+    assert net(x, region).student_recon.shape[1] == 3  # training always reconstructs every channel
