@@ -46,14 +46,17 @@ def test_hu_windows_are_applied_identically_in_training_and_inference(synthetic_
     from monai_simsid.data.datalist import load_datalist
 
     windows = [[-1000, -400], [-160, 240], [-1000, 500]]
-    wf = _workflow(synthetic_dataset, tmp_path, max_epochs=1, epoch_length=1, val_interval=10, hu_windows=windows)
+    wf = _workflow(synthetic_dataset, tmp_path, max_epochs=1, epoch_length=1, val_interval=10, hu_windows=windows,
+                   image_pad_mode="replicate")
     wf.run()
     train_pre = wf.parser.get_parsed_content("preprocessing")
     wf.finalize()
     ckpt = tmp_path / "models" / "model.pt"
     meta = torch.load(ckpt, weights_only=False)["meta"]
     assert meta["preprocessing"]["hu_windows"] == windows and meta["model_config"]["in_channels"] == 3
+    assert meta["preprocessing"]["image_pad_mode"] == "replicate"
     predictor = load_predictor("simsid_ct", ckpt, device="cpu")
+    assert predictor.preprocessing_settings["image_pad_mode"] == "replicate"
     case = load_datalist(synthetic_dataset, "test")[0]
     a = train_pre({"image": case["image"]})["image"]
     b = predictor.preprocessing({"image": case["image"]})["image"]
