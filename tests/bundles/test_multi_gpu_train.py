@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -23,6 +24,9 @@ from conftest import bundle_config
 
 from monai_simsid.apps.checkpoint import latest_checkpoint
 from monai_simsid.data.synthetic import write_synthetic_dataset
+
+#: what a gloo rank prints when it aborts at interpreter exit (std::terminate from a joinable thread)
+EXIT_ABORT = "terminate called without an active exception"
 
 COMMON = {
     "roi_size": [32, 32, 32],
@@ -117,6 +121,11 @@ def test_two_process_gloo_training_matches_one_process(bundle, two_scans, tmp_pa
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0 and EXIT_ABORT in proc.stderr:
+        # on a loaded machine a gloo rank sometimes aborts at interpreter exit, after the process group was destroyed
+        # and the run finished; a second launch must then succeed (a crash during training fails either way)
+        shutil.rmtree(ddp_dir, ignore_errors=True)
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     ddp = _weights(ddp_dir / "models")
 
