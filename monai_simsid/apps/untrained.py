@@ -34,5 +34,5 @@ def untrained_simsid(preset: str = "cpu", overrides: Mapping[str, Any] | None = 
     parser = ConfigParser()
     parser.read_config(preset_config_files("simsid_ct", preset))
     cfg = {**parser.get_parsed_content("model_config"), **(overrides or {})}
-    pre = {k: parser.get_parsed_content(k) for k in ("target_spacing", "hu_window", "hu_windows", "pad_divisor")}
+    pre = dict(parser.get_parsed_content("calibration#extra_meta#preprocessing"))  # what training saves in meta
     return SimSID(**cfg), dict(PLACEHOLDER_CALIBRATION), cfg, pre

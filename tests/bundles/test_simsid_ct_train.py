@@ -47,16 +47,16 @@ def test_hu_windows_are_applied_identically_in_training_and_inference(synthetic_
 
     windows = [[-1000, -400], [-160, 240], [-1000, 500]]
     wf = _workflow(synthetic_dataset, tmp_path, max_epochs=1, epoch_length=1, val_interval=10, hu_windows=windows,
-                   image_pad_mode="replicate")
+                   image_pad_mode="constant")
     wf.run()
     train_pre = wf.parser.get_parsed_content("preprocessing")
     wf.finalize()
     ckpt = tmp_path / "models" / "model.pt"
     meta = torch.load(ckpt, weights_only=False)["meta"]
     assert meta["preprocessing"]["hu_windows"] == windows and meta["model_config"]["in_channels"] == 3
-    assert meta["preprocessing"]["image_pad_mode"] == "replicate"
+    assert meta["preprocessing"]["image_pad_mode"] == "constant"  # an override is saved and used at inference
     predictor = load_predictor("simsid_ct", ckpt, device="cpu")
-    assert predictor.preprocessing_settings["image_pad_mode"] == "replicate"
+    assert predictor.preprocessing_settings["image_pad_mode"] == "constant"
     case = load_datalist(synthetic_dataset, "test")[0]
     a = train_pre({"image": case["image"]})["image"]
     b = predictor.preprocessing({"image": case["image"]})["image"]
@@ -75,14 +75,16 @@ def test_speed_switches_are_wired(synthetic_dataset, tmp_path):
     wf.finalize()
 
 
-def test_default_map_compares_the_lung_window(synthetic_dataset, tmp_path):
+def test_defaults_lung_window_map_and_replicate_padding(synthetic_dataset, tmp_path):
     wf = _workflow(synthetic_dataset, tmp_path, max_epochs=1, epoch_length=1, val_interval=10)
     lung_window = wf.parser.get_parsed_content("hu_windows")[0]
     assert lung_window[1] <= -400  # channel 0 is the lung window
     wf.run()
     wf.finalize()
-    cfg = torch.load(tmp_path / "models" / "model.pt", weights_only=False)["meta"]["model_config"]
+    meta = torch.load(tmp_path / "models" / "model.pt", weights_only=False)["meta"]
+    cfg = meta["model_config"]
     assert cfg["map_channels"] == [0]
+    assert meta["preprocessing"]["image_pad_mode"] == "replicate"  # no artificial air edge where the scan is cut
     from monai_simsid.networks.nets import SimSID
 
     net = SimSID(**cfg).eval()
