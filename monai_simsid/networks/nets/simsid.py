@@ -372,14 +372,15 @@ class SimSID(nn.Module):
         if self.training:
             teacher_recon, teacher_feats = self.teacher_decoder(z.detach())
             return SimSIDTrainOutput(teacher_recon, student_recon, teacher_feats, student_feats)
-        # with ``only``, the reconstruction holds the map channels already
-        channels = self.map_channels if only is None else None
         if self.map_mode == "distill":
-            teacher_recon, _ = self.teacher_decoder(z, return_features=False)
-            reference = teacher_recon if only is None else _select_channels(teacher_recon, only)
+            reference, _ = self.teacher_decoder(z, return_features=False)
         else:
-            reference = x if only is None else _select_channels(x, only)
-        amap = self._error_map(reference, student_recon, channels)
+            reference = x
+        compared = student_recon
+        if self.map_channels is not None:  # with ``only``, the reconstruction holds these channels already
+            reference = _select_channels(reference, self.map_channels)
+            compared = student_recon if only is not None else _select_channels(student_recon, self.map_channels)
+        amap = self._error_map(reference, compared)
         if self.map_feature_weight > 0:
             ferr = (inpainted - z).pow(2).mean(1, keepdim=True)
             ferr = F.interpolate(ferr, size=x.shape[2:], mode=_INTERP[self.spatial_dims], align_corners=False)
@@ -397,10 +398,8 @@ class SimSID(nn.Module):
             score = amap.flatten(1).mean(1)
         return SimSIDOutput(student_recon, amap, score)
 
-    def _error_map(self, x: torch.Tensor, recon: torch.Tensor, channels: Sequence[int] | None = None) -> torch.Tensor:
-        """``mean_c |x - recon|`` ``(B, 1, *S)`` over ``channels`` (None: all), of local means with ``map_sigma > 0``."""
-        if channels is not None:
-            x, recon = _select_channels(x, channels), _select_channels(recon, channels)
+    def _error_map(self, x: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
+        """``mean_c |x - recon|`` ``(B, 1, *S)``, of local means with ``map_sigma > 0``."""
         if self.map_sigma > 0:  # no module: the state dict (and old checkpoints) stay as they are
             err = x - recon
             k = gaussian_1d(torch.tensor(self.map_sigma), truncated=3.0, normalize=True).to(err.device, torch.float32)
