@@ -11,11 +11,18 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from monai.networks.layers.convutils import gaussian_1d
+from monai.networks.layers.factories import Conv
 from monai.networks.layers.simplelayers import separable_filtering
 
 from monai_simsid.networks.blocks.convolutions import ConvDecoder, ConvEncoder
 from monai_simsid.networks.blocks.inpainting import InpaintingBlock
-from monai_simsid.networks.blocks.memory import MemoryBlock, _block_size, tokens_to_blocks
+from monai_simsid.networks.blocks.memory import (
+    MemoryBlock,
+    _block_size,
+    batch_to_blocks,
+    blocks_to_batch,
+    tokens_to_blocks,
+)
 from monai_simsid.networks.nets.discriminator import SimSIDDiscriminator
 
 __all__ = ["SimSID", "SimSIDOutput", "SimSIDTrainOutput", "AnomalyHead", "MAP_MODES"]
@@ -105,6 +112,17 @@ class SimSID(nn.Module):
             reconstruction (a dense lesion filled in with lung) does not. 0 keeps the voxel-wise error.
         map_channels: the input channels that the eval-mode map compares (e.g. ``[0]``: the first HU window only);
             None (the default) compares all channels. Training is unchanged: the decoders reconstruct every channel.
+        block_encoder: encode each of the ``block_grid`` blocks of a window on its own (the blocks go through the
+            encoder as a batch, zero-padded at their borders), so a block's features carry nothing of its neighbours.
+            Without it the encoder's receptive field spans the block borders, and the in-painting of a block from its
+            neighbours' features can read the block's own content (a lesion included) through them. The encoder's
+            weights are the same either way.
+        memory_skips: number of the student decoder's deepest levels (at most ``decoder_memory_levels``) that add
+            the encoder's features of the same resolution (through a 1x1 conv) before their memory block, as the
+            official 2D SimSID does. The memory replaces every voxel by a mix of its key's normal slots, so the skip
+            brings the block's own layout without letting through content unlike the normal slots. 0 (the default)
+            keeps the student decoder skip-free: it then sees the block only through its neighbours' in-painting and
+            can only reproduce what is expected at each position. The teacher decoder never has skips.
         disc_channels: discriminator channels.
         disc_norm: norm of the discriminator's inner convs.
         norm: norm of encoder/decoders.
@@ -162,6 +180,8 @@ class SimSID(nn.Module):
         map_mode: str = "recon",
         encoder_convs: int = 2,
         map_channels: Sequence[int] | None = None,
+        block_encoder: bool = False,
+        memory_skips: int = 0,
     ) -> None:
         super().__init__()
         if spatial_dims not in (1, 2, 3):
@@ -194,6 +214,15 @@ class SimSID(nn.Module):
                 raise ValueError(f"map_channels must be a non-empty list of distinct channels, got {map_channels}.")
             if min(map_channels) < 0 or max(map_channels) >= in_channels:
                 raise ValueError(f"map_channels {map_channels} must lie in [0, in_channels={in_channels}).")
+        if isinstance(memory_skips, bool) or not isinstance(memory_skips, int):
+            raise ValueError(f"memory_skips must be an int, got {memory_skips!r}.")
+        if not 0 <= memory_skips <= min(decoder_memory_levels, len(channels) - 1):
+            raise ValueError(
+                f"memory_skips must be in [0, min(decoder_memory_levels, len(channels) - 1)] = "
+                f"[0, {min(decoder_memory_levels, len(channels) - 1)}], got {memory_skips}."
+            )
+        if not isinstance(block_encoder, bool):  # a config string "false" would otherwise count as True
+            raise ValueError(f"block_encoder must be a bool, got {block_encoder!r}.")
         if with_discriminator and min(roi_size) < 2 ** len(disc_channels):
             raise ValueError(f"roi_size {tuple(roi_size)} too small for a {len(disc_channels)}-conv discriminator.")
         self.spatial_dims = spatial_dims
@@ -213,6 +242,8 @@ class SimSID(nn.Module):
         #: channels' final conv and voxel shuffle; the map is the same up to float rounding.
         self.map_only = False
         self.factor = factor
+        self.block_encoder = block_encoder
+        self.memory_skips = memory_skips
 
         self.encoder = ConvEncoder(spatial_dims, in_channels, channels, norm=norm, convs_per_level=encoder_convs)
         self.inpainting = InpaintingBlock(
@@ -230,6 +261,11 @@ class SimSID(nn.Module):
         }
         self.teacher_decoder = ConvDecoder(spatial_dims, dec_channels, in_channels, **dec_kw)
         self.student_decoder = ConvDecoder(spatial_dims, dec_channels, in_channels, **dec_kw)
+        conv1 = Conv[Conv.CONV, spatial_dims]
+        # decoder level i has the resolution of encoder level len(channels) - 2 - i
+        self.skip_proj = nn.ModuleList(
+            conv1(channels[len(channels) - 2 - i], dec_channels[i], kernel_size=1) for i in range(memory_skips)
+        )
         self.decoder_memory = nn.ModuleList(
             MemoryBlock(spatial_dims, dec_channels[i], self.block_grid, self.num_regions, num_slots, top_k)
             for i in range(decoder_memory_levels)
@@ -302,16 +338,34 @@ class SimSID(nn.Module):
             raise ValueError(f"region indices must be in [0, {self.num_regions}).")
         return region
 
+    def encode(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor | list[torch.Tensor]:
+        """Encoder features ``(B, channels[-1], *roi / 2**len(channels))``, or every level's output with
+        ``return_features``; block by block with ``block_encoder``."""
+        if not self.block_encoder:
+            return self.encoder(x, return_features=return_features)
+        out = self.encoder(blocks_to_batch(x, self.block_grid), return_features=return_features)
+        if return_features:
+            return [batch_to_blocks(f, self.block_grid) for f in out]
+        return batch_to_blocks(out, self.block_grid)
+
     def _student(
-        self, z: torch.Tensor, region: torch.Tensor, return_features: bool = True
+        self,
+        z: torch.Tensor,
+        region: torch.Tensor,
+        return_features: bool = True,
+        skips: Sequence[torch.Tensor] = (),
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         hooks = {i: (lambda t, m=m: m(t, region, return_attention=False)[0]) for i, m in enumerate(self.decoder_memory)}
+        for i, (proj, skip) in enumerate(zip(self.skip_proj, skips)):
+            m = self.decoder_memory[i]
+            hooks[i] = lambda t, m=m, proj=proj, skip=skip: m(t + proj(skip), region, return_attention=False)[0]
         return self.student_decoder(z, hooks, return_features=return_features)
 
     def _can_decode_tokens(self, z: torch.Tensor) -> bool:
         """Whether the eval pass can run the in-painting output and the student decoder in block tokens (CPU)."""
         return (
             not self.training
+            and not self.memory_skips
             and not self.inpainting.training
             and not (torch.jit.is_tracing() or torch.jit.is_scripting())
             and self.inpainting.proj_out.weight.shape[2:].numel() == 1
@@ -358,7 +412,13 @@ class SimSID(nn.Module):
             :class:`SimSIDTrainOutput` in training mode, :class:`SimSIDOutput` in eval mode.
         """
         region = self._check_input(x, region)
-        z = self.encoder(x)
+        skips: list[torch.Tensor] = []
+        if self.memory_skips:
+            feats = self.encode(x, return_features=True)
+            z = feats[-1]
+            skips = [feats[len(feats) - 2 - i] for i in range(self.memory_skips)]
+        else:
+            z = self.encode(x)
         if not self.training:
             self._check_map_mode()
         only = self._map_only_channels()
@@ -366,7 +426,7 @@ class SimSID(nn.Module):
             student_recon, inpainted = self._student_tokens(z, region, only)
         else:
             inpainted = self.inpainting(z, region)
-            student_recon, student_feats = self._student(inpainted, region, return_features=self.training)
+            student_recon, student_feats = self._student(inpainted, region, return_features=self.training, skips=skips)
             if only is not None:
                 student_recon = _select_channels(student_recon, only)
         if self.training:

@@ -13,7 +13,7 @@ KW = {"roi_size": (32, 32, 32), "channels": (4, 8), "embed_dim": 16, "num_heads"
 def _map(sigma: float, error: torch.Tensor) -> torch.Tensor:
     net = SimSID(3, 1, map_sigma=sigma, with_discriminator=False, **KW).eval()
     x = torch.zeros(1, 1, 32, 32, 32)
-    net._student = lambda z, region, return_features=False: (x - error, [])  # recon = x - error
+    net._student = lambda z, region, return_features=False, skips=(): (x - error, [])  # recon = x - error
     with torch.no_grad():
         return net(x).anomaly_map[0, 0]
 
