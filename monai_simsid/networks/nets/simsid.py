@@ -117,12 +117,13 @@ class SimSID(nn.Module):
             Without it the encoder's receptive field spans the block borders, and the in-painting of a block from its
             neighbours' features can read the block's own content (a lesion included) through them. The encoder's
             weights are the same either way.
-        memory_skips: number of the student decoder's deepest levels (at most ``decoder_memory_levels``) that add
-            the encoder's features of the same resolution (through a 1x1 conv) before their memory block, as the
-            official 2D SimSID does. The memory replaces every voxel by a mix of its key's normal slots, so the skip
-            brings the block's own layout without letting through content unlike the normal slots. 0 (the default)
-            keeps the student decoder skip-free: it then sees the block only through its neighbours' in-painting and
-            can only reproduce what is expected at each position. The teacher decoder never has skips.
+        memory_skips: the student decoder levels (0 = the deepest; each must have a memory block, so below
+            ``decoder_memory_levels``, and below ``len(channels) - 1``) that add the encoder's features of the same
+            resolution (through a 1x1 conv) before their memory block, as the official 2D SimSID does at its two
+            deepest levels (``[0, 1]``). The memory replaces every voxel by a mix of its key's normal slots, so a skip
+            brings the block's own layout without letting through content unlike the normal slots. Empty (the
+            default) keeps the student decoder skip-free: it then sees a block only through its neighbours'
+            in-painting and can only reproduce what is expected at each position. The teacher never has skips.
         disc_channels: discriminator channels.
         disc_norm: norm of the discriminator's inner convs.
         norm: norm of encoder/decoders.
@@ -181,7 +182,7 @@ class SimSID(nn.Module):
         encoder_convs: int = 2,
         map_channels: Sequence[int] | None = None,
         block_encoder: bool = False,
-        memory_skips: int = 0,
+        memory_skips: Sequence[int] = (),
     ) -> None:
         super().__init__()
         if spatial_dims not in (1, 2, 3):
@@ -214,12 +215,16 @@ class SimSID(nn.Module):
                 raise ValueError(f"map_channels must be a non-empty list of distinct channels, got {map_channels}.")
             if min(map_channels) < 0 or max(map_channels) >= in_channels:
                 raise ValueError(f"map_channels {map_channels} must lie in [0, in_channels={in_channels}).")
-        if isinstance(memory_skips, bool) or not isinstance(memory_skips, int):
-            raise ValueError(f"memory_skips must be an int, got {memory_skips!r}.")
-        if not 0 <= memory_skips <= min(decoder_memory_levels, len(channels) - 1):
+        top = min(decoder_memory_levels, len(channels) - 1)
+        if not isinstance(memory_skips, Sequence) or isinstance(memory_skips, (str, bytes)) or not all(
+            isinstance(i, int) and not isinstance(i, bool) for i in memory_skips
+        ):
+            raise ValueError(f"memory_skips must be a list of decoder levels, got {memory_skips!r}.")
+        memory_skips = sorted(int(i) for i in memory_skips)
+        if len(set(memory_skips)) != len(memory_skips) or any(not 0 <= i < top for i in memory_skips):
             raise ValueError(
-                f"memory_skips must be in [0, min(decoder_memory_levels, len(channels) - 1)] = "
-                f"[0, {min(decoder_memory_levels, len(channels) - 1)}], got {memory_skips}."
+                f"memory_skips must be distinct decoder levels in [0, min(decoder_memory_levels, len(channels) - 1)) "
+                f"= [0, {top}), got {memory_skips}."
             )
         if not isinstance(block_encoder, bool):  # a config string "false" would otherwise count as True
             raise ValueError(f"block_encoder must be a bool, got {block_encoder!r}.")
@@ -243,7 +248,7 @@ class SimSID(nn.Module):
         self.map_only = False
         self.factor = factor
         self.block_encoder = block_encoder
-        self.memory_skips = memory_skips
+        self.memory_skips = tuple(memory_skips)
 
         self.encoder = ConvEncoder(spatial_dims, in_channels, channels, norm=norm, convs_per_level=encoder_convs)
         self.inpainting = InpaintingBlock(
@@ -264,7 +269,7 @@ class SimSID(nn.Module):
         conv1 = Conv[Conv.CONV, spatial_dims]
         # decoder level i has the resolution of encoder level len(channels) - 2 - i
         self.skip_proj = nn.ModuleList(
-            conv1(channels[len(channels) - 2 - i], dec_channels[i], kernel_size=1) for i in range(memory_skips)
+            conv1(channels[len(channels) - 2 - i], dec_channels[i], kernel_size=1) for i in self.memory_skips
         )
         self.decoder_memory = nn.ModuleList(
             MemoryBlock(spatial_dims, dec_channels[i], self.block_grid, self.num_regions, num_slots, top_k)
@@ -356,7 +361,7 @@ class SimSID(nn.Module):
         skips: Sequence[torch.Tensor] = (),
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         hooks = {i: (lambda t, m=m: m(t, region, return_attention=False)[0]) for i, m in enumerate(self.decoder_memory)}
-        for i, (proj, skip) in enumerate(zip(self.skip_proj, skips)):
+        for i, proj, skip in zip(self.memory_skips, self.skip_proj, skips):
             m = self.decoder_memory[i]
             hooks[i] = lambda t, m=m, proj=proj, skip=skip: m(t + proj(skip), region, return_attention=False)[0]
         return self.student_decoder(z, hooks, return_features=return_features)
@@ -416,7 +421,7 @@ class SimSID(nn.Module):
         if self.memory_skips:
             feats = self.encode(x, return_features=True)
             z = feats[-1]
-            skips = [feats[len(feats) - 2 - i] for i in range(self.memory_skips)]
+            skips = [feats[len(feats) - 2 - i] for i in self.memory_skips]
         else:
             z = self.encode(x)
         if not self.training:

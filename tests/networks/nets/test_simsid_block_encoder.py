@@ -92,7 +92,7 @@ def test_memory_skips_reach_the_student_through_its_memory():
     torch.manual_seed(0)
     kw = dict(roi_size=(32, 32, 32), block_grid=(2, 2, 2), region_grid=(1, 1, 1), norm=None, **SMALL)
     plain = SimSID(3, **kw).eval()
-    skip = SimSID(3, memory_skips=2, **kw).eval()
+    skip = SimSID(3, memory_skips=[0, 1], **kw).eval()
     assert len(skip.skip_proj) == 2 and len(plain.skip_proj) == 0
     missing = set(skip.state_dict()) - set(plain.state_dict())
     assert missing and all(k.startswith("skip_proj.") for k in missing)
@@ -113,7 +113,15 @@ def test_memory_skips_reach_the_student_through_its_memory():
     assert all(p.grad is not None for p in skip.skip_proj.parameters())
 
 
-@pytest.mark.parametrize("value", [-1, 3, True, 1.0])
+def test_a_single_shallow_skip():
+    torch.manual_seed(0)
+    net = SimSID(3, roi_size=(32, 32, 32), block_grid=(2, 2, 2), region_grid=(1, 1, 1), memory_skips=[1], **SMALL)
+    assert net.memory_skips == (1,) and net.skip_proj[0].in_channels == 8 and net.skip_proj[0].out_channels == 16
+    x = torch.rand(1, 1, 32, 32, 32)
+    assert net.eval()(x).reconstruction.shape == x.shape
+
+
+@pytest.mark.parametrize("value", [[-1], [2], [0, 0], [True], [1.0], 1, "0"])
 def test_memory_skips_refused(value):
     with pytest.raises(ValueError, match="memory_skips"):
         SimSID(3, roi_size=(32, 32, 32), decoder_memory_levels=2, memory_skips=value, **SMALL)
