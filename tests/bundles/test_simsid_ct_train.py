@@ -93,3 +93,26 @@ def test_defaults_lung_window_map_and_replicate_padding(synthetic_dataset, tmp_p
         out = net(x)
     expected = (x[:, :1] - out.reconstruction[:, :1]).abs()
     assert torch.allclose(out.anomaly_map, expected, atol=1e-6)
+
+
+def test_skips_preset_merges_and_trains(synthetic_dataset, tmp_path):
+    from monai_simsid.apps.inference import load_predictor
+    from monai_simsid.data.datalist import load_datalist
+
+    files = [bundle_config("simsid_ct", "train.json"), bundle_config("simsid_ct", "skips.json")]
+    wf = ConfigWorkflow(config_file=files, workflow_type="train", datalist=str(synthetic_dataset), output_dir=str(tmp_path),
+                        **{**SMALL, "max_epochs": 1, "epoch_length": 1, "val_interval": 10})
+    wf.initialize()
+    trainer = wf.parser.get_parsed_content("trainer")
+    assert trainer.restore_weight == 10.0
+    assert wf.parser.get_parsed_content("optimizer_g").param_groups[0]["lr"] == 1e-3
+    net = wf.parser.get_parsed_content("network")
+    assert net.memory_skips == (0, 1) and len(net.skip_proj) == 2
+    wf.run()
+    assert "restore" in trainer.state.output
+    wf.finalize()
+    ckpt = tmp_path / "models" / "model.pt"
+    assert torch.load(ckpt, weights_only=False)["meta"]["model_config"]["memory_skips"] == [0, 1]
+    predictor = load_predictor("simsid_ct", ckpt, device="cpu")  # inference rebuilds the skips from the checkpoint
+    case = load_datalist(synthetic_dataset, "test")[0]
+    assert predictor.predict({"image": case["image"]}).anomaly_map.ndim == 3
