@@ -5,9 +5,9 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from monai_simsid.utils.errors import find_input_error
+from monai_simsid.utils.errors import InputError, find_input_error
 
-__all__ = ["attach_progress", "install_excepthook"]
+__all__ = ["attach_progress", "install_excepthook", "require_flags"]
 
 
 def install_excepthook() -> None:
@@ -26,6 +26,19 @@ def install_excepthook() -> None:
         previous(exc_type, exc, tb)
 
     sys.excepthook = hook
+
+
+def require_flags(**flags: Any) -> None:
+    """Refuse a switch given as text, e.g. ``--resume false`` on the ``monai.bundle run`` command line.
+
+    The command line parses ``True`` / ``False`` as booleans but keeps ``true`` / ``false`` as strings, and any
+    non-empty string counts as on: ``--resume false`` would resume. Raises one :class:`InputError` naming the switch.
+    """
+    for name, value in flags.items():
+        if isinstance(value, str):
+            raise InputError(
+                None, f"--{name} {value!r} is text, not a switch: write --{name} True or --{name} False (capitalised)."
+            )
 
 
 def attach_progress(engine: Any, enabled: bool = True) -> None:
