@@ -55,7 +55,7 @@ def _reoriented(src: nib.Nifti1Image, dst) -> np.ndarray:
 
 def test_train_writes_one_calibrated_memory_file(memory):
     knn, extra = load_descriptor_memory(memory, BUNDLE)
-    assert extra["bundle"] == BUNDLE and extra["version"] == "0.1.0" and knn.k == 5 and knn.bank.shape[0] == 3000
+    assert extra["bundle"] == BUNDLE and extra["version"] == json.load(open(bundle_config(BUNDLE, "metadata.json")))["version"] and knn.k == 5 and knn.bank.shape[0] == 3000
     assert extra["calibrated_on"] == "validation" and extra["calibration"]["source"] == "1 validation normal scan(s)"
     assert [p.name for p in memory.parent.iterdir()] == ["memory.npz"]
 
