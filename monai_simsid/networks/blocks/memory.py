@@ -96,28 +96,18 @@ def tokens_to_blocks(t: torch.Tensor, grid: Sequence[int], block_size: Sequence[
 
 def blocks_to_batch(x: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:
     """Split ``(B, C, *S)`` into its ``grid`` blocks as a batch ``(B * P, C, *S / grid)`` (block-major per sample)."""
-    b, c, *spatial = x.shape
-    size = _block_size(spatial, grid)
-    d = len(grid)
-    shape = [b, c]
-    for g, s in zip(grid, size):
-        shape += [g, s]
-    perm = [0] + [2 + 2 * i for i in range(d)] + [1] + [3 + 2 * i for i in range(d)]
-    return x.reshape(shape).permute(perm).reshape(b * math.prod(grid), c, *size)
+    size = _block_size(x.shape[2:], grid)
+    return blocks_to_tokens(x, grid).transpose(2, 3).reshape(-1, x.shape[1], *size)
 
 
 def batch_to_blocks(x: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:
     """Inverse of :func:`blocks_to_batch`: ``(B * P, C, *s)`` -> ``(B, C, *(grid * s))``."""
     bp, c, *size = x.shape
-    d = len(grid)
     p = math.prod(grid)
     if bp % p:
         raise ValueError(f"batch {bp} is not a multiple of the {p} blocks of grid {tuple(grid)}.")
-    t = x.reshape(bp // p, *grid, c, *size)
-    perm = [0, d + 1]
-    for i in range(d):
-        perm += [1 + i, d + 2 + i]
-    return t.permute(perm).reshape(bp // p, c, *(g * s for g, s in zip(grid, size)))
+    tokens = x.reshape(bp // p, p, c, math.prod(size)).transpose(2, 3)
+    return tokens_to_blocks(tokens, grid, size)
 
 
 def block_neighbourhood(grid: Sequence[int], gap: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
