@@ -121,9 +121,10 @@ class SimSID(nn.Module):
             ``decoder_memory_levels``, and below ``len(channels) - 1``) that add the encoder's features of the same
             resolution (through a 1x1 conv) before their memory block, as the official 2D SimSID does at its two
             deepest levels (``[0, 1]``). The memory replaces every voxel by a mix of its key's normal slots, so a skip
-            brings the block's own layout without letting through content unlike the normal slots. Empty (the
-            default) keeps the student decoder skip-free: it then sees a block only through its neighbours'
-            in-painting and can only reproduce what is expected at each position. The teacher never has skips.
+            is meant to bring the block's own layout only as normal patterns; on real CT a mass against the chest wall
+            still came through (its key's slots hold dense tissue; ``docs/benchmarks.md``). Empty (the default) keeps
+            the student decoder skip-free: it then sees a block only through its neighbours' in-painting and can only
+            reproduce what is expected at each position. The teacher never has skips.
         disc_channels: discriminator channels.
         disc_norm: norm of the discriminator's inner convs.
         norm: norm of encoder/decoders.
