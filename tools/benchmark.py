@@ -27,6 +27,9 @@ Parts (each method runs on the same data, in the file's voxel grid reoriented to
   a normal scan, on all of them for lung2 and for the LIDC crops, and its map is divided by the 99.9th percentile of
   its map over its own training normals, so that the scores of different fits share a scale.
 
+``lung_window_constant`` is a control for learned lung-window maps: ``|x - c|`` in the lung window, the error map of a
+model that reconstructs the constant -850 HU (:func:`monai_simsid.apps.rules.lung_window_constant_map`).
+
 Adding a method
 ---------------
 Register a factory in :data:`METHODS` (or handle a name prefix in :func:`resolve_method`). A factory takes a
@@ -59,10 +62,22 @@ import numpy as np
 from scipy import ndimage
 
 try:
-    from monai_simsid.apps.rules import LocalZScoreRule, crop_lung_region_mask, intensity_rule_map, lung_region_mask
+    from monai_simsid.apps.rules import (
+        LocalZScoreRule,
+        crop_lung_region_mask,
+        intensity_rule_map,
+        lung_region_mask,
+        lung_window_constant_map,
+    )
 except ImportError:  # running from a checkout without the package installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from monai_simsid.apps.rules import LocalZScoreRule, crop_lung_region_mask, intensity_rule_map, lung_region_mask
+    from monai_simsid.apps.rules import (
+        LocalZScoreRule,
+        crop_lung_region_mask,
+        intensity_rule_map,
+        lung_region_mask,
+        lung_window_constant_map,
+    )
 from monai_simsid.apps.descriptor_knn import DescriptorKNN
 from monai_simsid.export.report import to_jsonable
 from monai_simsid.metrics import compute_best_dice, compute_sample_auroc, compute_voxel_ap, compute_voxel_auroc
@@ -158,6 +173,13 @@ def _intensity_rule(ctx: BenchmarkContext) -> MapFn:
     return fn
 
 
+def _lung_window_constant(ctx: BenchmarkContext) -> MapFn:
+    def fn(path, image_hu, affine, spacing):
+        return lung_window_constant_map(image_hu, ctx.lung_mask(image_hu, spacing))
+
+    return fn
+
+
 def _fitted_on_normals(name: str, fit: Callable[[list, list, list], Callable]) -> Callable[[BenchmarkContext], MapFn]:
     """Factory of a method fitted on the context's normal scans (``fit(images, lung_regions, spacings)`` returns
     ``scorer(image_hu, lung_region, spacing)``), fitted once per set of training scans and scored in the lung region.
@@ -204,6 +226,7 @@ def _descriptor_knn_depth(ctx: BenchmarkContext) -> MapFn:
 #: method name -> factory ``(BenchmarkContext) -> MapFn``.
 METHODS: dict[str, Callable[[BenchmarkContext], MapFn]] = {
     "intensity_rule": _intensity_rule,
+    "lung_window_constant": _lung_window_constant,
     "local_zscore": _local_zscore,
     "descriptor_knn": _descriptor_knn,
     "descriptor_knn_depth": _descriptor_knn_depth,

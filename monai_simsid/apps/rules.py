@@ -27,6 +27,7 @@ __all__ = [
     "crop_lung_region_mask",
     "intensity_rule_map",
     "lung_region_mask",
+    "lung_window_constant_map",
 ]
 
 
@@ -367,3 +368,37 @@ class LocalZScoreRule:
         if missing:
             raise ValueError(f"state is missing the keys {missing}.")
         return cls(mu=state["mu"], sigma=state["sigma"], window_mm=float(state.get("window_mm", 5.0)))
+
+
+def lung_window_constant_map(
+    image_hu: Any, lung_mask: Any, centre_hu: float = -850.0, window: Sequence[float] = (-1000.0, -400.0)
+) -> np.ndarray:
+    """The lung-window error map of a model that reconstructs one constant: ``|x - c|`` inside the lung region.
+
+    ``x`` is the image in the lung window scaled to [-1, 1] (as SimSID-3D's first input channel) and ``c`` is
+    ``centre_hu`` on the same scale (the default, -850 HU, is typical parenchyma). A control for learned maps over the
+    lung window: a model whose map does not beat it has learned nothing that a constant would not give.
+
+    Args:
+        image_hu: CT ``(X, Y, Z)`` in HU.
+        lung_mask: lung region, same shape.
+        centre_hu: the constant reconstruction, in HU.
+        window: ``(low, high)`` HU of the lung window.
+
+    Returns:
+        float32 map in [0, 2] of the image's shape, 0 outside the lung region.
+
+    Raises:
+        ValueError: on mismatching shapes or an empty / non-finite window.
+    """
+    img = _check_volume(image_hu)
+    lung = _check_mask(lung_mask, img.shape, "lung_mask")
+    lo, hi = (float(v) for v in window)
+    if not (np.isfinite(lo) and np.isfinite(hi) and hi > lo) or not np.isfinite(centre_hu):
+        raise ValueError(f"window must be a finite (low, high) with high > low and centre_hu finite, got {window}, {centre_hu}.")
+    def scale(v):
+        return np.clip((np.asarray(v, dtype=np.float32) - lo) / (hi - lo) * 2.0 - 1.0, -1.0, 1.0)
+
+    out = np.abs(scale(img) - scale(centre_hu)).astype(np.float32)
+    out[~lung] = 0.0
+    return out

@@ -10,7 +10,13 @@ import pytest
 from scipy import ndimage
 
 from conftest import load_tool
-from monai_simsid.apps.rules import LocalZScoreRule, crop_lung_region_mask, intensity_rule_map, lung_region_mask
+from monai_simsid.apps.rules import (
+    LocalZScoreRule,
+    crop_lung_region_mask,
+    intensity_rule_map,
+    lung_region_mask,
+    lung_window_constant_map,
+)
 from monai_simsid.data.synthetic import generate_chest_ct, insert_lesions
 
 REPO = Path(__file__).resolve().parents[2]
@@ -181,3 +187,23 @@ def test_benchmark_lung2_intensity_rule():
     res = bench.evaluate_lung2(SHARED_CT, "intensity_rule")
     assert res["lung_auroc"] > 0.8
     assert 0.0 <= res["top_voxel_on_tumour"] <= 1.0 and res["seconds_per_scan"] > 0
+
+
+def test_lung_window_constant_map_is_the_error_of_a_constant_reconstruction():
+    img = np.full((6, 5, 4), -850.0, dtype=np.float32)
+    img[0] = -1000.0  # air: 0.5 below -850 on the [-1, 1] lung-window scale
+    img[1] = 40.0  # soft tissue: saturates at the top of the window, 1.5 above -850
+    img[2] = -700.0
+    lung = np.ones(img.shape, dtype=bool)
+    lung[..., 0] = False
+    out = lung_window_constant_map(img, lung)
+    assert out.dtype == np.float32 and out.shape == img.shape
+    assert np.all(out[..., 0] == 0)  # outside the lung region
+    np.testing.assert_allclose(out[0, :, 1:], 0.5, atol=1e-6)
+    np.testing.assert_allclose(out[1, :, 1:], 1.5, atol=1e-6)
+    np.testing.assert_allclose(out[2, :, 1:], 0.5, atol=1e-6)
+    np.testing.assert_allclose(out[3:, :, 1:], 0.0, atol=1e-6)
+    # another constant moves the zero
+    np.testing.assert_allclose(lung_window_constant_map(img, lung, centre_hu=-700.0)[2, :, 1:], 0.0, atol=1e-6)
+    with pytest.raises(ValueError, match="window"):
+        lung_window_constant_map(img, lung, window=(-400.0, -1000.0))
