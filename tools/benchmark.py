@@ -62,22 +62,16 @@ import numpy as np
 from scipy import ndimage
 
 try:
-    from monai_simsid.apps.rules import (
-        LocalZScoreRule,
-        crop_lung_region_mask,
-        intensity_rule_map,
-        lung_region_mask,
-        lung_window_constant_map,
-    )
+    import monai_simsid  # noqa: F401
 except ImportError:  # running from a checkout without the package installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from monai_simsid.apps.rules import (
-        LocalZScoreRule,
-        crop_lung_region_mask,
-        intensity_rule_map,
-        lung_region_mask,
-        lung_window_constant_map,
-    )
+from monai_simsid.apps.rules import (
+    LocalZScoreRule,
+    crop_lung_region_mask,
+    intensity_rule_map,
+    lung_region_mask,
+    lung_window_constant_map,
+)
 from monai_simsid.apps.descriptor_knn import DescriptorKNN
 from monai_simsid.export.report import to_jsonable
 from monai_simsid.metrics import compute_best_dice, compute_sample_auroc, compute_voxel_ap, compute_voxel_auroc

@@ -18,9 +18,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import torch
 from scipy import ndimage
 
 from monai_simsid.transforms.body.array import compute_body_mask
+from monai_simsid.transforms.intensity.array import HUWindows
 
 __all__ = [
     "LocalZScoreRule",
@@ -389,16 +391,15 @@ def lung_window_constant_map(
         float32 map in [0, 2] of the image's shape, 0 outside the lung region.
 
     Raises:
-        ValueError: on mismatching shapes or an empty / non-finite window.
+        ValueError: on mismatching shapes, a window without low < high, or a non-finite ``centre_hu``.
     """
     img = _check_volume(image_hu)
     lung = _check_mask(lung_mask, img.shape, "lung_mask")
-    lo, hi = (float(v) for v in window)
-    if not (np.isfinite(lo) and np.isfinite(hi) and hi > lo) or not np.isfinite(centre_hu):
-        raise ValueError(f"window must be a finite (low, high) with high > low and centre_hu finite, got {window}, {centre_hu}.")
-    def scale(v):
-        return np.clip((np.asarray(v, dtype=np.float32) - lo) / (hi - lo) * 2.0 - 1.0, -1.0, 1.0)
-
-    out = np.abs(scale(img) - scale(centre_hu)).astype(np.float32)
+    if not np.isfinite(centre_hu):
+        raise ValueError(f"centre_hu must be finite, got {centre_hu}.")
+    scale = HUWindows([window])  # the model's own lung-window channel; validates the window
+    x = scale(torch.from_numpy(img)[None])[0].numpy()
+    c = float(scale(torch.tensor([[centre_hu]], dtype=torch.float32))[0, 0])
+    out = np.abs(x - np.float32(c)).astype(np.float32)
     out[~lung] = 0.0
     return out
