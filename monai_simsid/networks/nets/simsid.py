@@ -125,6 +125,11 @@ class SimSID(nn.Module):
             still came through (its key's slots hold dense tissue; ``docs/benchmarks.md``). Empty (the default) keeps
             the student decoder skip-free: it then sees a block only through its neighbours' in-painting and can only
             reproduce what is expected at each position. The teacher never has skips.
+        skip_highpass: if > 0 (odd, >= 3), each skip carries only its detail: the encoder features minus their local
+            mean over a cube of this many voxels of the skip's level (replicate-padded at the window border). A region
+            that is homogeneous at that scale (the inside of a large mass) then reaches the student only through the
+            in-painting from its neighbours, while vessels, edges and small nodules still come through the skip's
+            memory. 0 (the default) passes the features unchanged. Only meaningful with ``memory_skips``.
         disc_channels: discriminator channels.
         disc_norm: norm of the discriminator's inner convs.
         norm: norm of encoder/decoders.
@@ -184,6 +189,7 @@ class SimSID(nn.Module):
         map_channels: Sequence[int] | None = None,
         block_encoder: bool = False,
         memory_skips: Sequence[int] = (),
+        skip_highpass: int = 0,
     ) -> None:
         super().__init__()
         if spatial_dims not in (1, 2, 3):
@@ -227,6 +233,12 @@ class SimSID(nn.Module):
                 f"memory_skips must be distinct decoder levels in [0, min(decoder_memory_levels, len(channels) - 1)) "
                 f"= [0, {top}), got {memory_skips}."
             )
+        if isinstance(skip_highpass, bool) or not isinstance(skip_highpass, int) or (
+            skip_highpass != 0 and (skip_highpass < 3 or skip_highpass % 2 == 0)
+        ):
+            raise ValueError(f"skip_highpass must be 0 or an odd integer >= 3, got {skip_highpass!r}.")
+        if skip_highpass and not memory_skips:
+            raise ValueError("skip_highpass filters the memory skips; it needs memory_skips.")
         if not isinstance(block_encoder, bool):  # a config string "false" would otherwise count as True
             raise ValueError(f"block_encoder must be a bool, got {block_encoder!r}.")
         if with_discriminator and min(roi_size) < 2 ** len(disc_channels):
@@ -250,6 +262,7 @@ class SimSID(nn.Module):
         self.factor = factor
         self.block_encoder = block_encoder
         self.memory_skips = tuple(memory_skips)
+        self.skip_highpass = int(skip_highpass)
 
         self.encoder = ConvEncoder(spatial_dims, in_channels, channels, norm=norm, convs_per_level=encoder_convs)
         self.inpainting = InpaintingBlock(
@@ -367,6 +380,15 @@ class SimSID(nn.Module):
             hooks[i] = lambda t, m=m, proj=proj, skip=skip: m(t + proj(skip), region, return_attention=False)[0]
         return self.student_decoder(z, hooks, return_features=return_features)
 
+    def _skip_detail(self, f: torch.Tensor) -> torch.Tensor:
+        """The part of skip features ``f`` that a skip passes on: ``f`` minus its local mean with ``skip_highpass``."""
+        k = self.skip_highpass
+        if k == 0:
+            return f
+        pool = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[self.spatial_dims]
+        local = pool(F.pad(f, [k // 2] * (2 * self.spatial_dims), mode="replicate"), k, stride=1)
+        return f - local
+
     def _can_decode_tokens(self, z: torch.Tensor) -> bool:
         """Whether the eval pass can run the in-painting output and the student decoder in block tokens (CPU)."""
         return (
@@ -422,7 +444,7 @@ class SimSID(nn.Module):
         if self.memory_skips:
             feats = self.encode(x, return_features=True)
             z = feats[-1]
-            skips = [feats[len(feats) - 2 - i] for i in self.memory_skips]
+            skips = [self._skip_detail(feats[len(feats) - 2 - i]) for i in self.memory_skips]
         else:
             z = self.encode(x)
         if not self.training:

@@ -12,17 +12,18 @@ Randomness comes only from ``numpy.random.default_rng((base_seed, seed))``, so a
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
 from monai_simsid.transforms.anomaly.array import CutPaste, EllipsoidLesion, ForeignPatchBlend
+from monai_simsid.transforms.intensity.array import HUWindows, check_hu_windows
 
 __all__ = ["BatchAnomalyCorruption", "corrupt_batch"]
 
-_KINDS = ("ellipsoid", "foreign", "cutpaste")
+_KINDS = ("ellipsoid", "foreign", "cutpaste", "tissue")
 
 
 def _range(v: Sequence[float], name: str, lo: float = 0.0, hi: float | None = None, lo_open: bool = False):
@@ -46,7 +47,13 @@ class BatchAnomalyCorruption:
       batch (``(b + 1) % B``; the window itself, elsewhere and flipped, when ``B == 1``), alpha in ``alpha_range``;
     * ``"cutpaste"``: :class:`~monai_simsid.transforms.anomaly.CutPaste` of a box of the same window, randomly
       flipped, with a contrast factor in ``cutpaste_scale_range`` and a signed brightness shift of
-      ``u * span`` (``u`` in ``cutpaste_shift_range``).
+      ``u * span`` (``u`` in ``cutpaste_shift_range``);
+    * ``"tissue"``: a lesion of a given density, made in HU so that every HU-window channel sees the same tissue. The
+      window is taken back to HU through its widest window (``hu_windows``, the windows of
+      :class:`~monai_simsid.transforms.HUWindows` that made the channels), an irregular ellipsoid (the ellipsoid
+      settings above) is blended towards a density drawn from ``tissue_hu_range`` (absolute mode), and every channel
+      is windowed again from the result. A dense mass in lung thus saturates the lung window and is mid-grey in the
+      soft-tissue window, as a real one is, where an additive offset would brighten each channel alike.
 
     Box sides are ``box_size_range`` fractions of the window sides. ``span`` is ``value_range[1] - value_range[0]``
     when ``value_range`` is given, else the intensity range of the whole batch. Every centre is uniform over the
@@ -62,6 +69,8 @@ class BatchAnomalyCorruption:
         weights: mapping kind -> non-negative weight over ``("ellipsoid", "foreign", "cutpaste")``.
         radius_range, max_aspect, roughness_range, edge_width_range, intensity_range, bright_prob: ellipsoids.
         box_size_range, alpha_range, cutpaste_scale_range, cutpaste_shift_range: box anomalies.
+        hu_windows: the ``[[low, high], ...]`` HU windows of the channels (needed by ``"tissue"``).
+        tissue_hu_range: ``(low, high)`` HU of the ``"tissue"`` lesions (default: ground glass to solid tissue).
         value_range: fixed ``(min, max)`` of the image intensities used for ``span`` (None: from the batch).
         min_change: changes of at most this magnitude are undone (so the mask only marks visible changes).
         clip: optional ``(min, max)`` clipping of the corrupted voxels.
@@ -88,6 +97,8 @@ class BatchAnomalyCorruption:
         alpha_range: Sequence[float] = (0.5, 1.0),
         cutpaste_scale_range: Sequence[float] = (0.8, 1.25),
         cutpaste_shift_range: Sequence[float] = (0.05, 0.3),
+        hu_windows: Sequence[Sequence[float]] | None = None,
+        tissue_hu_range: Sequence[float] = (-600.0, 100.0),
         value_range: Sequence[float] | None = None,
         min_change: float = 1e-3,
         clip: Sequence[float] | None = None,
@@ -122,6 +133,10 @@ class BatchAnomalyCorruption:
         self.alpha_range = _range(alpha_range, "alpha_range", hi=1.0, lo_open=True)
         self.cutpaste_scale_range = _range(cutpaste_scale_range, "cutpaste_scale_range", lo_open=True)
         self.cutpaste_shift_range = _range(cutpaste_shift_range, "cutpaste_shift_range")
+        self.hu_windows = None if hu_windows is None else check_hu_windows(hu_windows)
+        if "tissue" in self.kinds and self.hu_windows is None:
+            raise ValueError("the 'tissue' anomalies need hu_windows, the HU windows of the image channels.")
+        self.tissue_hu_range = _range(tissue_hu_range, "tissue_hu_range", lo=-np.inf)
         self.value_range = None if value_range is None else _range(value_range, "value_range", lo=-np.inf)
         if self.value_range is not None and self.value_range[1] <= self.value_range[0]:
             raise ValueError(f"value_range must have max > min, got {value_range!r}.")
@@ -150,6 +165,23 @@ class BatchAnomalyCorruption:
         fr = self._fractions(rng, len(shape), self.box_size_range)
         return [int(min(s, max(1, round(f * s)))) for f, s in zip(fr, shape)]
 
+    def _ellipsoid_params(
+        self, rng: np.random.Generator, shape: Sequence[int], intensity: Callable[[], float], mode: str
+    ) -> dict[str, Any]:
+        """Parameters of an :class:`EllipsoidLesion` centred uniformly over the window; ``intensity()`` draws its
+        intensity (after the centre and the radii)."""
+        center = [float(rng.uniform(0.0, s - 1)) for s in shape]
+        radii = [float(max(1.0, f * s)) for f, s in zip(self._fractions(rng, len(shape), self.radius_range), shape)]
+        return {
+            "center": center,
+            "radii": radii,
+            "intensity": intensity(),
+            "roughness": float(rng.uniform(*self.roughness_range)),
+            "edge_seed": int(rng.integers(2**31 - 1)),
+            "edge_width": float(min(rng.uniform(*self.edge_width_range), max(0.5, 0.5 * min(radii)))),
+            "intensity_mode": mode,
+        }
+
     # ------------------------------------------------------------------ one anomaly
     def _apply_one(
         self, kind: str, img: np.ndarray, foreign: np.ndarray, rng: np.random.Generator, span: float
@@ -157,20 +189,16 @@ class BatchAnomalyCorruption:
         shape = img.shape[1:]
         nd = len(shape)
         if kind == "ellipsoid":
-            center = [float(rng.uniform(0.0, s - 1)) for s in shape]
-            radii = [float(max(1.0, f * s)) for f, s in zip(self._fractions(rng, nd, self.radius_range), shape)]
-            sign = 1.0 if rng.random() < self.bright_prob else -1.0
-            params = {
-                "center": center,
-                "radii": radii,
-                "intensity": sign * float(rng.uniform(*self.intensity_range)) * span,
-                "roughness": float(rng.uniform(*self.roughness_range)),
-                "edge_seed": int(rng.integers(2**31 - 1)),
-                "edge_width": float(min(rng.uniform(*self.edge_width_range), max(0.5, 0.5 * min(radii)))),
-                "intensity_mode": "relative",
-            }
+
+            def offset() -> float:
+                sign = 1.0 if rng.random() < self.bright_prob else -1.0
+                return sign * float(rng.uniform(*self.intensity_range)) * span
+
+            params = self._ellipsoid_params(rng, shape, offset, "relative")
             out, _ = EllipsoidLesion(**params)(img)
-            return out, {"kind": kind, "center": center, **params}
+            return out, {"kind": kind, **params}
+        if kind == "tissue":
+            return self._apply_tissue(img, rng)
         center = [int(rng.integers(0, s)) for s in shape]
         dst = self._box_around(center, self._box_sizes(rng, shape), shape)
         sizes = [b - a for a, b in dst]
@@ -193,6 +221,22 @@ class BatchAnomalyCorruption:
             }
             out, _ = CutPaste(**params)(img)
         return out, {"kind": kind, "center": [float(c) for c in center], **params}
+
+    def _apply_tissue(self, img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, dict[str, Any]]:
+        """A ``"tissue"`` lesion: blended in HU, then windowed into every channel."""
+        windows = self.hu_windows
+        if img.shape[0] != len(windows):
+            raise ValueError(f"'tissue' anomalies need one channel per HU window ({len(windows)}), got {img.shape[0]}.")
+        shape = img.shape[1:]
+        widest = max(range(len(windows)), key=lambda c: windows[c][1] - windows[c][0])
+        lo, hi = windows[widest]
+        hu = (img[widest : widest + 1].astype(np.float64) + 1.0) / 2.0 * (hi - lo) + lo
+        params = self._ellipsoid_params(rng, shape, lambda: float(rng.uniform(*self.tissue_hu_range)), "absolute")
+        lesion = EllipsoidLesion(**params)
+        inside = lesion.weights(shape) > 0
+        new_hu, _ = lesion(hu)
+        windowed = HUWindows(windows)(torch.from_numpy(new_hu)).numpy().reshape(img.shape)
+        return np.where(inside[None], windowed, img).astype(img.dtype), {"kind": "tissue", **params}
 
     # ------------------------------------------------------------------ batch
     def __call__(

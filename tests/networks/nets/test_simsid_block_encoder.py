@@ -125,3 +125,45 @@ def test_a_single_shallow_skip():
 def test_memory_skips_refused(value):
     with pytest.raises(ValueError, match="memory_skips"):
         SimSID(3, roi_size=(32, 32, 32), decoder_memory_levels=2, memory_skips=value, **SMALL)
+
+
+# ------------------------------------------------------------------------------------- detail-only skips
+def test_skip_highpass_passes_only_the_detail():
+    torch.manual_seed(0)
+    net = SimSID(3, roi_size=(32, 32, 32), region_grid=(1, 1, 1), memory_skips=[0, 1], skip_highpass=3, **SMALL)
+    f = torch.randn(1, 4, 6, 6, 6)
+    offset = torch.randn(1, 4, 1, 1, 1)
+    detail = net._skip_detail(f)
+    # a per-channel offset (the level of a homogeneous region) does not pass; the detail is the rest
+    assert torch.allclose(net._skip_detail(f + offset), detail, atol=1e-5)
+    assert net._skip_detail(offset.expand(1, 4, 6, 6, 6)).abs().max() < 1e-6
+    centre = f[:, :, 1:4, 1:4, 1:4].mean((2, 3, 4))  # the 3x3x3 mean around voxel (2, 2, 2)
+    assert torch.allclose(detail[:, :, 2, 2, 2], f[:, :, 2, 2, 2] - centre, atol=1e-5)
+    net.skip_highpass = 0
+    assert torch.equal(net._skip_detail(f), f)
+
+
+def test_skip_highpass_feeds_the_skip_projections():
+    torch.manual_seed(0)
+    net = SimSID(3, roi_size=(32, 32, 32), region_grid=(1, 1, 1), memory_skips=[0, 1], skip_highpass=3, **SMALL)
+    net.eval()
+    seen = []
+    for proj in net.skip_proj:
+        proj.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    x = torch.rand(1, 1, 32, 32, 32)
+    with torch.no_grad():
+        net(x)
+        feats = net.encode(x, return_features=True)
+    expected = [net._skip_detail(feats[len(feats) - 2 - i]) for i in net.memory_skips]
+    assert len(seen) == 2 and all(torch.allclose(a, b, atol=1e-6) for a, b in zip(seen, expected))
+
+
+@pytest.mark.parametrize("value", [1, 2, 4, -3, True, 3.0, "5"])
+def test_skip_highpass_refused(value):
+    with pytest.raises(ValueError, match="skip_highpass"):
+        SimSID(3, roi_size=(32, 32, 32), memory_skips=[0], skip_highpass=value, **SMALL)
+
+
+def test_skip_highpass_needs_skips():
+    with pytest.raises(ValueError, match="memory_skips"):
+        SimSID(3, roi_size=(32, 32, 32), skip_highpass=3, **SMALL)

@@ -55,6 +55,53 @@ def test_corruption_clean_fraction_kinds_and_clip():
         BatchAnomalyCorruption(clean_fraction=1.5)
 
 
+WINDOWS = [[-1000, -400], [-160, 240], [-1000, 500]]
+
+
+def _windowed(hu: torch.Tensor) -> torch.Tensor:
+    from monai_simsid.transforms import HUWindows
+
+    return torch.stack([HUWindows(WINDOWS)(h).as_tensor() for h in hu])
+
+
+def test_tissue_lesions_are_one_density_in_every_window():
+    torch.manual_seed(0)
+    hu = -850.0 + 30.0 * torch.randn(4, 1, 24, 24, 24)  # noisy lung
+    x = _windowed(hu)
+    corrupt = BatchAnomalyCorruption(clean_fraction=0.0, weights={"tissue": 1.0}, hu_windows=WINDOWS,
+                                     tissue_hu_range=(40.0, 40.0), radius_range=(0.2, 0.3), seed=3)
+    y, m, info = corrupt(x, seed=1)
+    y2, m2, _ = corrupt(x, seed=1)
+    assert torch.equal(y, y2) and torch.equal(m, m2)
+    assert {p["kind"] for w in info for p in w} == {"tissue"} and m.sum() > 0
+    assert torch.equal(m.bool(), (y != x).any(1, keepdim=True))
+    # every changed voxel is one HU value seen through the three windows: back from the wide one, windowed again
+    wide_hu = (y[:, 2:3] + 1.0) / 2.0 * 1500.0 - 1000.0
+    changed = m.expand_as(y).bool()  # up to min_change (1e-3), which undoes tiny changes channel by channel
+    assert torch.allclose(_windowed(wide_hu)[changed], y[changed], atol=2e-3)
+    # the lesion's core reaches 40 HU: the lung window saturates, the soft-tissue window is mid-grey (0.0)
+    core = (wide_hu - 40.0).abs() < 1.0
+    assert core.sum() > 0
+    assert torch.allclose(y[:, 0:1][core], torch.ones(()), atol=1e-4)
+    assert torch.allclose(y[:, 1:2][core], torch.zeros(()), atol=0.01)
+    # an additive ellipsoid shifts every channel alike: the channels then no longer show one HU value
+    plain, pm, _ = BatchAnomalyCorruption(clean_fraction=0.0, weights={"ellipsoid": 1.0}, radius_range=(0.2, 0.3),
+                                         bright_prob=1.0, value_range=(-1, 1), clip=(-1, 1), seed=3)(x, seed=1)
+    changed = pm.expand_as(plain).bool()
+    plain_hu = (plain[:, 2:3] + 1.0) / 2.0 * 1500.0 - 1000.0
+    assert (_windowed(plain_hu)[changed] - plain[changed]).abs().max() > 0.1
+
+
+def test_tissue_lesions_need_the_hu_windows():
+    with pytest.raises(ValueError, match="hu_windows"):
+        BatchAnomalyCorruption(weights={"tissue": 1.0})
+    corrupt = BatchAnomalyCorruption(clean_fraction=0.0, weights={"tissue": 1.0}, hu_windows=WINDOWS)
+    with pytest.raises(ValueError, match="one channel per HU window"):
+        corrupt(torch.zeros(1, 2, 8, 8, 8), seed=0)
+    with pytest.raises(ValueError, match="tissue_hu_range"):
+        BatchAnomalyCorruption(hu_windows=WINDOWS, tissue_hu_range=(100.0, -100.0))
+
+
 def test_corruption_centres_cover_the_whole_window_rim_included():
     s = 20
     corrupt = BatchAnomalyCorruption(clean_fraction=0.0, max_anomalies=1, radius_range=(0.05, 0.1),
