@@ -19,7 +19,12 @@ from monai.transforms import Compose
 from torch.utils.data import DataLoader
 
 from monai_simsid.apps.calibration import calibrate_map, calibrate_score
-from monai_simsid.apps.normative import NormativeMap
+from monai_simsid.apps.normative import (
+    LungDepthNormativeMap,
+    affine_spacing,
+    lung_depth_from_windows,
+    normative_from_dict,
+)
 from monai_simsid.apps.preprocessing import resample_to_input
 from monai_simsid.data.datalist import case_name
 from monai_simsid.data.datasets import preprocess_all
@@ -543,8 +548,13 @@ class AnomalyPredictor(CalibratedMapPredictor):
         # per-position normalisation of the map, fitted on the calibration normals (see NormativeMap); an input without
         # a body frame (body_mode "whole", e.g. a small crop) gets the global normal statistics instead
         normative = self.calibration.get("normative")
-        self.normative = NormativeMap.from_dict(normative) if normative else None
+        self.normative = normative_from_dict(normative) if normative else None
         self.normative_positions = self.preprocessing_settings.get("body_mode", "threshold") != "whole"
+
+    def _hu_windows(self) -> list:
+        """The HU windows of the model's input channels (from the preprocessing settings)."""
+        windows = self.preprocessing_settings.get("hu_windows")
+        return windows if windows else [self.preprocessing_settings.get("hu_window", [-1000.0, 500.0])]
 
     def run_model(self, x: torch.Tensor, body: torch.Tensor):
         """The inferer and network on a preprocessed scan ``x`` ``(1, C, *S)`` with its ``body`` ``(1, 1, *S)``.
@@ -557,7 +567,10 @@ class AnomalyPredictor(CalibratedMapPredictor):
 
     def raw_map(self, prepared: dict) -> tuple:
         """The model step: the inferer's result and the body on the model grid (``image``/``body`` leave ``prepared``)."""
-        x = prepared.pop("image")[None].float().to(self.device)
+        image = prepared.pop("image")
+        if isinstance(self.normative, LungDepthNormativeMap) and self.normative_positions:
+            prepared["lung_depth"] = lung_depth_from_windows(image, self._hu_windows(), affine_spacing(prepared["model_affine"]))
+        x = image[None].float().to(self.device)
         body = prepared.pop("body")[None].to(self.device)
         res = self.run_model(x, body)
         del x
@@ -568,7 +581,9 @@ class AnomalyPredictor(CalibratedMapPredictor):
         res, body = prepared.pop("raw")
         raw_map = res.anomaly_map[0].cpu()
         body_ms = body[0].cpu()
-        if self.normative is not None:
+        if isinstance(self.normative, LungDepthNormativeMap):
+            raw_map = self.normative(raw_map, prepared.pop("lung_depth", None))
+        elif self.normative is not None:
             raw_map = self.normative(raw_map, body_ms[0] if self.normative_positions else None)
         topk = self.calibration.get("topk_fraction", 0.001)
         window_scores = None if res.score_map is None else res.score_map[0].cpu()
@@ -589,7 +604,11 @@ class AnomalyPredictor(CalibratedMapPredictor):
         extra["normative_map"] = (
             None
             if self.normative is None
-            else {"grid": list(self.normative.grid), "positions": bool(self.normative_positions)}
+            else {
+                "kind": getattr(self.normative, "kind", "position"),
+                "grid": list(getattr(self.normative, "grid", [])),
+                "positions": bool(self.normative_positions),
+            }
         )
         return extra
 

@@ -7,6 +7,12 @@ regions), the median and the robust spread (1.4826 x MAD) of the raw map of *nor
 a robust z-score: ``(map - median(position)) / spread(position)``. The cell statistics are interpolated trilinearly
 to every voxel, so the output has no cell edges.
 
+:class:`LungDepthNormativeMap` keys the same statistics by the voxel's signed depth in the closed lung envelope
+(:func:`~monai_simsid.apps.descriptor_knn.lung_envelope_depth`, 1 mm bins) instead: the pleural rim, the chest wall
+and the mediastinal border lie at the same depth in every chest whatever its shape and size, where a coarse
+body-normalised cell mixes them with lung. A dense lesion inside the envelope is then measured against what normal
+lungs show at its depth.
+
 Everything comes from normal scans only (the calibration set of training: validation normals, or the training
 normals when there are none); test labels are never seen.
 """
@@ -20,9 +26,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from monai_simsid.apps.descriptor_knn import DEPTH_RANGE_MM, lung_envelope_depth
 from monai_simsid.transforms.body.array import body_bbox
+from monai_simsid.transforms.intensity.array import check_hu_windows
 
-__all__ = ["NormativeMap", "position_cells"]
+__all__ = [
+    "LungDepthNormativeMap",
+    "NormativeMap",
+    "affine_spacing",
+    "depth_bins",
+    "lung_depth_from_windows",
+    "normative_from_dict",
+    "position_cells",
+]
 
 _MAD_TO_SD = 1.4826
 _INTERP = {1: "linear", 2: "bilinear", 3: "trilinear"}
@@ -38,6 +54,41 @@ def _check_grid(grid: Sequence[int]) -> tuple[int, ...]:
 def _bbox(body: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """Bounding box of a body mask given as bool, integer or float (> 0.5) values."""
     return body_bbox(body > 0.5 if body.is_floating_point() else body.bool())
+
+
+def _robust_stats(
+    v: np.ndarray, index: np.ndarray, n: int, min_voxels: int, scale_floor: float
+) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """Per-bin median and robust spread (1.4826 x MAD) of values ``v`` in bins ``index`` (``[0, n)``), with the global
+    ones; a bin with fewer than ``min_voxels`` values keeps the global statistics, and no spread is below
+    ``scale_floor`` times the global one."""
+    if min_voxels < 1 or not 0 < scale_floor <= 1:
+        raise ValueError("min_voxels must be >= 1 and scale_floor in (0, 1].")
+    g_med = float(np.median(v))
+    g_scale = max(_MAD_TO_SD * float(np.median(np.abs(v - g_med))), float(np.std(v)) * 1e-3, 1e-8)
+    median = np.full(n, g_med)
+    scale = np.full(n, g_scale)
+    order = np.argsort(index, kind="stable")
+    sorted_i, sorted_v = index[order], v[order]
+    bounds = np.searchsorted(sorted_i, np.arange(n + 1))
+    for i in range(n):
+        vals = sorted_v[bounds[i] : bounds[i + 1]]
+        if vals.size < min_voxels:
+            continue
+        med = float(np.median(vals))
+        median[i] = med
+        scale[i] = max(_MAD_TO_SD * float(np.median(np.abs(vals - med))), scale_floor * g_scale)
+    return median, scale, g_med, g_scale
+
+
+def _samples(values: np.ndarray | torch.Tensor, index: np.ndarray | torch.Tensor, n: int) -> tuple[np.ndarray, np.ndarray]:
+    v = np.asarray(torch.as_tensor(values).float().cpu().numpy(), dtype=np.float64).reshape(-1)
+    c = np.asarray(torch.as_tensor(index).cpu().numpy(), dtype=np.int64).reshape(-1)
+    if v.size == 0 or v.size != c.size:
+        raise ValueError(f"need equal, non-zero numbers of values and bins, got {v.size} and {c.size}.")
+    if c.min() < 0 or c.max() >= n:
+        raise ValueError(f"bin indices must be in [0, {n}).")
+    return v, c
 
 
 def position_cells(body: torch.Tensor | np.ndarray, grid: Sequence[int]) -> torch.Tensor:
@@ -121,30 +172,9 @@ class NormativeMap:
                 constant in the normals must not turn small deviations into huge scores).
         """
         grid = _check_grid(grid)
-        v = np.asarray(torch.as_tensor(values).float().cpu().numpy(), dtype=np.float64).reshape(-1)
-        c = np.asarray(torch.as_tensor(cells).cpu().numpy(), dtype=np.int64).reshape(-1)
-        if v.size == 0 or v.size != c.size:
-            raise ValueError(f"need equal, non-zero numbers of values and cells, got {v.size} and {c.size}.")
         n = int(np.prod(grid))
-        if c.min() < 0 or c.max() >= n:
-            raise ValueError(f"cell indices must be in [0, {n}).")
-        if min_voxels < 1 or not 0 < scale_floor <= 1:
-            raise ValueError("min_voxels must be >= 1 and scale_floor in (0, 1].")
-        g_med = float(np.median(v))
-        g_scale = max(_MAD_TO_SD * float(np.median(np.abs(v - g_med))), float(np.std(v)) * 1e-3, 1e-8)
-        median = np.full(n, g_med)
-        scale = np.full(n, g_scale)
-        order = np.argsort(c, kind="stable")
-        sorted_c, sorted_v = c[order], v[order]
-        bounds = np.searchsorted(sorted_c, np.arange(n + 1))
-        for i in range(n):
-            vals = sorted_v[bounds[i] : bounds[i + 1]]
-            if vals.size < min_voxels:
-                continue
-            med = float(np.median(vals))
-            median[i] = med
-            scale[i] = max(_MAD_TO_SD * float(np.median(np.abs(vals - med))), scale_floor * g_scale)
-        return cls(grid, median, scale, g_med, g_scale)
+        v, c = _samples(values, cells, n)
+        return cls(grid, *_robust_stats(v, c, n, min_voxels, scale_floor))
 
     # ------------------------------------------------------------------ applying
     def fields(self, body: torch.Tensor, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -194,3 +224,126 @@ class NormativeMap:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> NormativeMap:
         return cls(data["grid"], data["median"], data["scale"], data["global_median"], data["global_scale"])
+
+
+#: width in mm of the depth bins of :class:`LungDepthNormativeMap`
+DEPTH_BIN_MM = 1.0
+_NUM_DEPTH_BINS = int(round((DEPTH_RANGE_MM[1] - DEPTH_RANGE_MM[0]) / DEPTH_BIN_MM)) + 1
+
+
+def depth_bins(depth_mm: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """Bin index (long, ``[0, 41)``) of signed lung-envelope depths in mm: 1 mm bins over ``DEPTH_RANGE_MM``."""
+    d = torch.as_tensor(np.asarray(depth_mm, dtype=np.float32))
+    return torch.round((d - DEPTH_RANGE_MM[0]) / DEPTH_BIN_MM).long().clamp_(0, _NUM_DEPTH_BINS - 1)
+
+
+def affine_spacing(affine: Any) -> tuple[float, ...]:
+    """Voxel size (mm) per axis of a 4x4 affine (e.g. a MetaTensor's ``affine``)."""
+    a = np.asarray(torch.as_tensor(affine), dtype=np.float64)
+    if a.shape != (4, 4):
+        raise ValueError(f"expected a 4x4 affine, got shape {a.shape}.")
+    return tuple(float(v) for v in np.linalg.norm(a[:3, :3], axis=0))
+
+
+def lung_depth_from_windows(
+    image: np.ndarray | torch.Tensor, hu_windows: Sequence[Sequence[float]], spacing: Sequence[float]
+) -> np.ndarray:
+    """Signed lung-envelope depth (mm) of every voxel of a model-space image whose channels are HU windows.
+
+    HU is read back from the widest window (the envelope needs -1000..-400 HU, which a lung or wide window keeps), and
+    :func:`~monai_simsid.apps.descriptor_knn.lung_envelope_depth` runs on it.
+
+    Args:
+        image: ``(C, X, Y, Z)`` with one channel per window of ``hu_windows`` (each scaled to [-1, 1]), ``Z`` axial.
+        hu_windows: the ``[[low, high], ...]`` HU windows of the channels.
+        spacing: voxel size in mm per axis.
+
+    Returns:
+        float32 ``(X, Y, Z)``.
+    """
+    windows = check_hu_windows(hu_windows)
+    img = torch.as_tensor(image).detach().float().cpu().numpy()
+    if img.ndim != 4 or img.shape[0] != len(windows):
+        raise ValueError(f"expected a (C={len(windows)}, X, Y, Z) image of HU windows, got {tuple(img.shape)}.")
+    c = max(range(len(windows)), key=lambda i: windows[i][1] - windows[i][0])
+    lo, hi = windows[c]
+    hu = (img[c] + 1.0) / 2.0 * (hi - lo) + lo
+    return lung_envelope_depth(hu, spacing).reshape(hu.shape)
+
+
+class LungDepthNormativeMap:
+    """Robust z-score of an anomaly map against normal scans at the same depth in the lung envelope.
+
+    Per 1 mm bin of the signed depth (:func:`depth_bins`; beyond 10 mm outside the envelope is one bin, as is beyond
+    30 mm inside), the median and robust spread of the raw map over normal body voxels:
+    ``(map - median(depth)) / spread(depth)``. A bin with too few normal voxels keeps the global statistics.
+
+    Args:
+        median, scale: per-bin statistics (``len == 41``; scales > 0).
+        global_median, global_scale: over all normal body voxels (used without a depth, e.g. for a crop).
+    """
+
+    kind = "lung_depth"
+
+    def __init__(self, median: Sequence[float], scale: Sequence[float], global_median: float, global_scale: float) -> None:
+        self.median = np.asarray(median, dtype=np.float64).reshape(-1)
+        self.scale = np.asarray(scale, dtype=np.float64).reshape(-1)
+        if self.median.size != _NUM_DEPTH_BINS or self.scale.size != _NUM_DEPTH_BINS:
+            raise ValueError(f"median and scale need {_NUM_DEPTH_BINS} entries, got {self.median.size}, {self.scale.size}.")
+        if not (np.all(np.isfinite(self.median)) and np.all(self.scale > 0) and global_scale > 0):
+            raise ValueError("normative statistics must be finite with positive scales.")
+        self.global_median = float(global_median)
+        self.global_scale = float(global_scale)
+
+    @classmethod
+    def fit(
+        cls,
+        values: np.ndarray | torch.Tensor,
+        depths: np.ndarray | torch.Tensor,
+        min_voxels: int = 200,
+        scale_floor: float = 0.25,
+    ) -> LungDepthNormativeMap:
+        """Fit from raw map values of normal body voxels and their signed depths in mm (see :class:`NormativeMap.fit`
+        for ``min_voxels`` and ``scale_floor``)."""
+        v, b = _samples(values, depth_bins(np.asarray(torch.as_tensor(depths).cpu())), _NUM_DEPTH_BINS)
+        return cls(*_robust_stats(v, b, _NUM_DEPTH_BINS, min_voxels, scale_floor))
+
+    def __call__(self, anomaly_map: torch.Tensor, depth: np.ndarray | torch.Tensor | None = None) -> torch.Tensor:
+        """Normalise a raw map ``(*S)`` or ``(1, *S)`` given the depth ``(*S)`` in mm of its voxels; without a depth,
+        the global statistics are used."""
+        amap = torch.as_tensor(anomaly_map).float()
+        if depth is None:
+            return (amap - self.global_median) / self.global_scale
+        bins = depth_bins(depth).to(amap.device)
+        if tuple(bins.shape) != tuple(amap.shape[-bins.ndim :]) or amap.ndim - bins.ndim not in (0, 1):
+            raise ValueError(f"depth {tuple(bins.shape)} and map {tuple(amap.shape)} differ in shape.")
+        med = torch.as_tensor(self.median, dtype=torch.float32, device=amap.device)[bins]
+        scale = torch.as_tensor(self.scale, dtype=torch.float32, device=amap.device)[bins]
+        return (amap - med) / scale
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form (stored as ``calibration["normative"]``)."""
+        return {
+            "kind": self.kind,
+            "bin_mm": DEPTH_BIN_MM,
+            "depth_range_mm": list(DEPTH_RANGE_MM),
+            "median": [float(v) for v in self.median],
+            "scale": [float(v) for v in self.scale],
+            "global_median": self.global_median,
+            "global_scale": self.global_scale,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LungDepthNormativeMap:
+        return cls(data["median"], data["scale"], data["global_median"], data["global_scale"])
+
+
+def normative_from_dict(data: Mapping[str, Any]) -> NormativeMap | LungDepthNormativeMap:
+    """The normative map stored in a calibration: by body-normalised position (no ``kind``, as older checkpoints
+    store it) or by lung-envelope depth (``kind == "lung_depth"``)."""
+    kind = data.get("kind", "position")
+    if kind == "lung_depth":
+        return LungDepthNormativeMap.from_dict(data)
+    if kind == "position":
+        return NormativeMap.from_dict(data)
+    raise ValueError(f"unknown normative map kind {kind!r}.")

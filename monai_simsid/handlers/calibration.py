@@ -13,7 +13,13 @@ from ignite.engine import Engine, Events
 
 from monai_simsid.apps.calibration import compute_calibration
 from monai_simsid.apps.checkpoint import save_model_checkpoint
-from monai_simsid.apps.normative import NormativeMap, position_cells
+from monai_simsid.apps.normative import (
+    LungDepthNormativeMap,
+    NormativeMap,
+    affine_spacing,
+    lung_depth_from_windows,
+    position_cells,
+)
 from monai_simsid.inferers.anomaly import AnomalyInferer
 from monai_simsid.inferers.scoring import SCORE_METHODS, scan_score
 
@@ -30,26 +36,34 @@ def collect_normal_statistics(
     topk_fraction: float = 0.001,
     max_voxels_per_scan: int = 500_000,
     seed: int = 0,
-    normative: NormativeMap | None = None,
+    normative: NormativeMap | LungDepthNormativeMap | None = None,
     cell_grid: Sequence[int] | None = None,
+    depths: Sequence[np.ndarray] | None = None,
 ) -> tuple[list[float], list[float], np.ndarray] | tuple[list[float], list[float], np.ndarray, np.ndarray]:
     """Raw scan scores, discriminator window scores and sampled body-voxel values of normal scans.
 
     Args:
         normative: applied to each map before anything is measured (the statistics are then those of the
-            normalised maps).
+            normalised maps). A :class:`~monai_simsid.apps.normative.LungDepthNormativeMap` needs ``depths``.
         cell_grid: also return the body-normalised cell (see :func:`~monai_simsid.apps.normative.position_cells`)
             of every sampled voxel, as a fourth element.
+        depths: the signed lung-envelope depth ``(*S)`` of each item (see
+            :func:`~monai_simsid.apps.normative.lung_depth_from_windows`); without ``cell_grid``, the depth of every
+            sampled voxel is returned as a fourth element.
     """
+    if isinstance(normative, LungDepthNormativeMap) and depths is None:
+        raise ValueError("a lung-depth normative map needs the depths of the items.")
     rng = np.random.default_rng(seed)
     scan_scores, window_scores, voxels, cells = [], [], [], []
     network.eval()
-    for item in items:
+    for n, item in enumerate(items):
         x = torch.as_tensor(item["image"])[None].to(device).float()
         body = torch.as_tensor(item["body"])[None].to(device)
         res = inferer(x, network, body)
         amap = res.anomaly_map[0]
-        if normative is not None:
+        if isinstance(normative, LungDepthNormativeMap):
+            amap = normative(amap.cpu(), depths[n]).to(amap.device)
+        elif normative is not None:
             amap = normative(amap.cpu(), body[0, 0].cpu()).to(amap.device)
         scan_scores.append(scan_score(amap, res.score_map[0], body[0], "topk", topk_fraction))
         window_scores.append(scan_score(amap, res.score_map[0], body[0], "discriminator"))
@@ -59,9 +73,11 @@ def collect_normal_statistics(
         voxels.append(vals[keep])
         if cell_grid is not None:
             cells.append(position_cells(inside[0], cell_grid)[inside[0]].numpy()[keep])
+        elif depths is not None:
+            cells.append(np.asarray(depths[n], dtype=np.float32)[inside[0].numpy()][keep])
     out = (scan_scores, window_scores, np.concatenate(voxels) if voxels else np.zeros(0))
-    if cell_grid is not None:
-        return (*out, np.concatenate(cells) if cells else np.zeros(0, dtype=np.int64))
+    if cell_grid is not None or depths is not None:
+        return (*out, np.concatenate(cells) if cells else np.zeros(0))
     return out
 
 
@@ -87,6 +103,9 @@ class CalibrationHandler:
             grid from the normal maps (stored as ``calibration["normative"]``); thresholds and scan scores are then
             computed on the normalised maps, and inference applies the same normalisation. This costs a second
             pass over the normal scans. None (or an empty grid) keeps the raw map.
+        normative_depth_windows: if given (the HU windows of the image channels), fit a
+            :class:`~monai_simsid.apps.normative.LungDepthNormativeMap` instead: statistics per depth in the lung
+            envelope (for chest CT). Exclusive with ``normative_grid``.
     """
 
     def __init__(
@@ -105,6 +124,7 @@ class CalibrationHandler:
         extra_meta: Mapping[str, Any] | None = None,
         score_method: str = "topk",
         normative_grid: Sequence[int] | None = None,
+        normative_depth_windows: Sequence[Sequence[float]] | None = None,
     ) -> None:
         if score_method not in SCORE_METHODS:
             raise ValueError(f"score_method must be one of {SCORE_METHODS}, got {score_method!r}.")
@@ -127,6 +147,9 @@ class CalibrationHandler:
         self.normative_grid = tuple(int(g) for g in normative_grid) if normative_grid else None
         if self.normative_grid is not None and min(self.normative_grid) < 1:
             raise ValueError(f"normative_grid must hold positive integers, got {normative_grid}.")
+        self.normative_depth_windows = [list(w) for w in normative_depth_windows] if normative_depth_windows else None
+        if self.normative_grid is not None and self.normative_depth_windows is not None:
+            raise ValueError("choose one normative map: normative_grid (body position) or normative_depth_windows.")
         self.calibration: dict[str, Any] | None = None
 
     def attach(self, engine: Engine) -> None:
@@ -138,14 +161,24 @@ class CalibrationHandler:
         else:  # called directly (re-calibration of a trained model): run where the network is
             device = next(iter(self.network.parameters()), torch.zeros(())).device
         normative = None
+        depths = None
         if self.normative_grid is not None:
             *_, values, cells = collect_normal_statistics(
                 self.network, self.inferer, self.items, device, self.topk_fraction, cell_grid=self.normative_grid
             )
             normative = NormativeMap.fit(values, cells, self.normative_grid)
+        elif self.normative_depth_windows is not None:
+            depths = [
+                lung_depth_from_windows(i["image"], self.normative_depth_windows, affine_spacing(i["image"].affine))
+                for i in self.items
+            ]
+            *_, values, voxel_depths = collect_normal_statistics(
+                self.network, self.inferer, self.items, device, self.topk_fraction, depths=depths
+            )
+            normative = LungDepthNormativeMap.fit(values, voxel_depths)
         scans, windows, voxels = collect_normal_statistics(
-            self.network, self.inferer, self.items, device, self.topk_fraction, normative=normative
-        )
+            self.network, self.inferer, self.items, device, self.topk_fraction, normative=normative, depths=depths
+        )[:3]
         t, w = np.asarray(scans, dtype=float), np.asarray(windows, dtype=float)
         norm = {
             "topk_mean": float(t.mean()),

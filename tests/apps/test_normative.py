@@ -122,3 +122,77 @@ def test_calibration_handler_fits_the_normative_map_on_its_normals_only(tmp_path
     assert "normative" not in CalibrationHandler(net, inferer, normals, normative_grid=[], **kw)()
     with pytest.raises(ValueError):
         CalibrationHandler(net, inferer, normals, normative_grid=(0, 2, 2), **kw)
+
+
+# ------------------------------------------------------------------------------------------- lung-depth statistics
+WINDOWS = [[-1000, -400], [-160, 240], [-1000, 500]]
+
+
+def test_depth_bins_cover_the_clip_range_in_1mm_steps():
+    from monai_simsid.apps.normative import depth_bins
+
+    d = np.array([-40.0, -10.0, -9.6, 0.0, 0.4, 15.2, 30.0, 80.0])
+    assert depth_bins(d).tolist() == [0, 0, 0, 10, 10, 25, 40, 40]
+
+
+def _windowed_phantom(seed: int, radius_mm: float):
+    from conftest import chest_with_nodule
+    from monai.data import MetaTensor
+
+    from monai_simsid.transforms import HUWindows
+    from monai_simsid.transforms.body.array import compute_body_mask
+
+    hu, nodule, affine, centre = chest_with_nodule(seed, radius_mm=radius_mm)
+    image = HUWindows(WINDOWS)(MetaTensor(torch.as_tensor(hu)[None], affine=torch.as_tensor(affine)))
+    body = torch.as_tensor(compute_body_mask(hu, (3.0, 3.0, 3.0)))[None].float()  # lungs included
+    return {"image": image, "body": body}, hu, nodule, affine, centre
+
+
+def test_lung_depth_from_windows_reads_hu_back_from_the_widest_window():
+    from monai_simsid.apps.descriptor_knn import lung_envelope_depth
+    from monai_simsid.apps.normative import affine_spacing, lung_depth_from_windows
+
+    item, hu, _, affine, _ = _windowed_phantom(0, 0.0)
+    spacing = affine_spacing(affine)
+    assert spacing == pytest.approx((3.0, 3.0, 3.0))
+    depth = lung_depth_from_windows(item["image"], WINDOWS, spacing)
+    ref = lung_envelope_depth(np.clip(hu, -1000, 500), spacing).reshape(hu.shape)
+    assert depth.shape == hu.shape and np.allclose(depth, ref, atol=1e-3)
+    assert depth.max() > 5.0 and depth.min() < -5.0  # the phantom has lungs: inside and outside the envelope
+    with pytest.raises(ValueError, match="HU windows"):
+        lung_depth_from_windows(item["image"][:2], WINDOWS, spacing)
+
+
+def test_lung_depth_statistics_lower_the_pleural_rim_and_keep_a_nodule_high(tmp_path):
+    from monai_simsid.apps.normative import LungDepthNormativeMap, lung_depth_from_windows, normative_from_dict
+
+    net, inferer = _IntensityModel(), AnomalyInferer((16, 16, 16), sw_batch_size=2, overlap=0.25)
+    normals = [_windowed_phantom(s, 0.0)[0] for s in range(3)]
+    kw = dict(output_path=tmp_path / "model.pt", bundle_name="b", bundle_version="0", model_config={}, source="normals")
+    cal = CalibrationHandler(net, inferer, normals, normative_depth_windows=WINDOWS, **kw)()
+    stored = normative_from_dict(cal["normative"])
+    assert isinstance(stored, LungDepthNormativeMap) and cal["normative"]["kind"] == "lung_depth"
+    # the handler's statistics are those of the normal maps at the normals' own depths
+    depths = [lung_depth_from_windows(i["image"], WINDOWS, (3.0, 3.0, 3.0)) for i in normals]
+    *_, values, voxel_depths = collect_normal_statistics(net, inferer, normals, depths=depths)
+    np.testing.assert_allclose(stored.median, LungDepthNormativeMap.fit(values, voxel_depths).median, rtol=1e-6)
+    # these phantoms are small (12 cm, 3 mm voxels): a 1 mm depth bin holds tens of voxels, so fit with fewer
+    norm = LungDepthNormativeMap.fit(values, voxel_depths, min_voxels=20)
+    item, hu, nodule, affine, centre = _windowed_phantom(5, 6.0)
+    depth = lung_depth_from_windows(item["image"], WINDOWS, (3.0, 3.0, 3.0))
+    raw = item["image"][0].as_tensor()  # the stand-in model's map: the lung window
+    z = norm(raw, depth)
+    # raw: the dense nodule ties with the chest wall just outside the lungs (both saturate the lung window)
+    rim = (depth < 0) & (depth >= -6) & (hu > -100)
+    assert rim.sum() > 50 and float(raw[torch.as_tensor(nodule)].min()) == float(raw[torch.as_tensor(rim)].max()) == 1.0
+    # calibrated by depth: the rim every normal has scores low, the nodule inside the envelope high
+    assert float(z[centre]) > float(torch.quantile(z[torch.as_tensor(rim)], 0.99))
+    assert float(z[centre]) > 2.0
+    # without a depth (a crop), the global statistics: a monotone transform of the raw map
+    assert torch.allclose(norm(raw), (raw - norm.global_median) / norm.global_scale)
+    with pytest.raises(ValueError, match="differ in shape"):
+        norm(raw, depth[:-1])
+    with pytest.raises(ValueError, match="one normative map"):
+        CalibrationHandler(net, inferer, normals, normative_grid=(2, 2, 2), normative_depth_windows=WINDOWS, **kw)
+    with pytest.raises(ValueError, match="kind"):
+        normative_from_dict({"kind": "unknown"})

@@ -175,6 +175,29 @@ def test_calibrate_json_adds_normative_statistics_from_the_normals(trained, synt
     assert pred_new.raw_score != pred_old.raw_score
 
 
+def test_calibrate_json_lung_depth_statistics(trained, synthetic_dataset, tmp_path):
+    from monai_simsid.apps.inference import load_predictor
+    from monai_simsid.apps.normative import LungDepthNormativeMap
+
+    out = tmp_path / "cal"
+    _infer(trained, out, config="calibrate.json", datalist=str(synthetic_dataset), normative_depth=True)
+    new = torch.load(str(out / "model.pt"), weights_only=False)
+    norm = new["calibration"]["normative"]
+    assert norm["kind"] == "lung_depth" and len(norm["median"]) == 41 and min(norm["scale"]) > 0
+    # the synthetic chests have lungs: the bins inside the envelope hold their own statistics, not the global ones
+    assert len({round(m, 6) for m in norm["median"]}) > 3
+    case = next(c for c in load_datalist(synthetic_dataset, "test") if c.get("label"))
+    predictor = load_predictor("simsid_ct", out / "model.pt")
+    assert isinstance(predictor.normative, LungDepthNormativeMap)
+    assert predictor.report_extra()["normative_map"]["kind"] == "lung_depth"
+    pred = predictor.predict(case)
+    pred_old = load_predictor("simsid_ct", trained).predict(case)
+    assert pred.anomaly_map.shape == pred_old.anomaly_map.shape and not np.allclose(pred.anomaly_map, pred_old.anomaly_map)
+    with pytest.raises(Exception) as info:  # a switch given as text is refused, not taken as on
+        _infer(trained, tmp_path / "bad", config="calibrate.json", datalist=str(synthetic_dataset), normative_depth="false")
+    assert "normative_depth" in str(info.value.__cause__ or info.value)
+
+
 def test_select_checkpoint_tool_scores_a_trained_checkpoint_on_injected_lesions(trained, synthetic_dataset, tmp_path, capsys):
     from conftest import load_tool
 
