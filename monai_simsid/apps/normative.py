@@ -246,21 +246,26 @@ def affine_spacing(affine: Any) -> tuple[float, ...]:
 
 
 def lung_depth_from_windows(
-    image: np.ndarray | torch.Tensor, hu_windows: Sequence[Sequence[float]], spacing: Sequence[float]
+    image: np.ndarray | torch.Tensor, hu_windows: Sequence[Sequence[float]], spacing: Sequence[float], step: int = 2
 ) -> np.ndarray:
     """Signed lung-envelope depth (mm) of every voxel of a model-space image whose channels are HU windows.
 
     HU is read back from the widest window (the envelope needs -1000..-400 HU, which a lung or wide window keeps), and
-    :func:`~monai_simsid.apps.descriptor_knn.lung_envelope_depth` runs on it.
+    :func:`~monai_simsid.apps.descriptor_knn.lung_envelope_depth` runs on it, on every ``step``-th voxel per axis
+    (its distance transforms dominate the cost: ``step=2`` is about eight times faster on a 1.5 mm grid), and the
+    result is interpolated (trilinear) back to every voxel.
 
     Args:
         image: ``(C, X, Y, Z)`` with one channel per window of ``hu_windows`` (each scaled to [-1, 1]), ``Z`` axial.
         hu_windows: the ``[[low, high], ...]`` HU windows of the channels.
         spacing: voxel size in mm per axis.
+        step: sub-sampling of the grid the depth is computed on (1: every voxel).
 
     Returns:
         float32 ``(X, Y, Z)``.
     """
+    if isinstance(step, bool) or not isinstance(step, int) or step < 1:
+        raise ValueError(f"step must be a positive integer, got {step!r}.")
     windows = check_hu_windows(hu_windows)
     img = torch.as_tensor(image).detach().float().cpu().numpy()
     if img.ndim != 4 or img.shape[0] != len(windows):
@@ -268,7 +273,12 @@ def lung_depth_from_windows(
     c = max(range(len(windows)), key=lambda i: windows[i][1] - windows[i][0])
     lo, hi = windows[c]
     hu = (img[c] + 1.0) / 2.0 * (hi - lo) + lo
-    return lung_envelope_depth(hu, spacing).reshape(hu.shape)
+    coarse = hu[::step, ::step, ::step]
+    depth = lung_envelope_depth(coarse, [float(s) * step for s in spacing]).reshape(coarse.shape)
+    if coarse.shape == hu.shape:
+        return depth
+    full = F.interpolate(torch.from_numpy(depth)[None, None], size=hu.shape, mode="trilinear", align_corners=True)
+    return full[0, 0].numpy()
 
 
 class LungDepthNormativeMap:
