@@ -156,10 +156,11 @@ def test_calibrate_json_adds_normative_statistics_from_the_normals(trained, synt
     from monai_simsid.apps.inference import load_predictor
 
     out = tmp_path / "cal"
-    _infer(trained, out, config="calibrate.json", datalist=str(synthetic_dataset), normative_grid=[3, 3, 3])
+    _infer(trained, out, config="calibrate.json", datalist=str(synthetic_dataset), normative_grid=[3, 3, 3],
+           normative_depth=False)
     old = torch.load(str(trained), weights_only=False)
     new = torch.load(str(out / "model.pt"), weights_only=False)
-    assert "normative" not in old["calibration"]
+    assert old["calibration"]["normative"]["kind"] == "lung_depth"  # training's default
     norm = new["calibration"]["normative"]
     assert norm["grid"] == [3, 3, 3] and len(norm["median"]) == 27 and min(norm["scale"]) > 0
     assert new["calibration"]["source"].endswith("validation normal scan(s)")  # the datalist's validation normals
@@ -180,7 +181,10 @@ def test_calibrate_json_lung_depth_statistics(trained, synthetic_dataset, tmp_pa
     from monai_simsid.apps.normative import LungDepthNormativeMap
 
     out = tmp_path / "cal"
-    _infer(trained, out, config="calibrate.json", datalist=str(synthetic_dataset), normative_depth=True)
+    _infer(trained, out, config="calibrate.json", datalist=str(synthetic_dataset))  # the default: by depth
+    _infer(trained, tmp_path / "plain", config="calibrate.json", datalist=str(synthetic_dataset), normative_depth=False,
+           normative_grid=[])
+    assert "normative" not in torch.load(str(tmp_path / "plain" / "model.pt"), weights_only=False)["calibration"]
     new = torch.load(str(out / "model.pt"), weights_only=False)
     norm = new["calibration"]["normative"]
     assert norm["kind"] == "lung_depth" and len(norm["median"]) == 41 and min(norm["scale"]) > 0
@@ -191,8 +195,9 @@ def test_calibrate_json_lung_depth_statistics(trained, synthetic_dataset, tmp_pa
     assert isinstance(predictor.normative, LungDepthNormativeMap)
     assert predictor.report_extra()["normative_map"]["kind"] == "lung_depth"
     pred = predictor.predict(case)
-    pred_old = load_predictor("simsid_ct", trained).predict(case)
-    assert pred.anomaly_map.shape == pred_old.anomaly_map.shape and not np.allclose(pred.anomaly_map, pred_old.anomaly_map)
+    pred_plain = load_predictor("simsid_ct", tmp_path / "plain" / "model.pt").predict(case)
+    assert pred.anomaly_map.shape == pred_plain.anomaly_map.shape
+    assert not np.allclose(pred.anomaly_map, pred_plain.anomaly_map)  # the normalisation is applied
     with pytest.raises(Exception) as info:  # a switch given as text is refused, not taken as on
         _infer(trained, tmp_path / "bad", config="calibrate.json", datalist=str(synthetic_dataset), normative_depth="false")
     assert "normative_depth" in str(info.value.__cause__ or info.value)
