@@ -119,7 +119,36 @@ def position_cells(body: torch.Tensor | np.ndarray, grid: Sequence[int]) -> torc
     return index.expand(body.shape).contiguous()
 
 
-class NormativeMap:
+class _BinStatistics:
+    """Per-bin robust statistics of normal maps and their global fallback (shared by the two normative maps)."""
+
+    median: np.ndarray
+    scale: np.ndarray
+    global_median: float
+    global_scale: float
+
+    def _set_statistics(
+        self, median: Sequence[float], scale: Sequence[float], global_median: float, global_scale: float, n: int, what: str
+    ) -> None:
+        self.median = np.asarray(median, dtype=np.float64).reshape(-1)
+        self.scale = np.asarray(scale, dtype=np.float64).reshape(-1)
+        if self.median.size != n or self.scale.size != n:
+            raise ValueError(f"median and scale need {n} entries {what}, got {self.median.size}, {self.scale.size}.")
+        if not (np.all(np.isfinite(self.median)) and np.all(self.scale > 0) and global_scale > 0):
+            raise ValueError("normative statistics must be finite with positive scales.")
+        self.global_median = float(global_median)
+        self.global_scale = float(global_scale)
+
+    def _statistics_dict(self) -> dict[str, Any]:
+        return {
+            "median": [float(v) for v in self.median],
+            "scale": [float(v) for v in self.scale],
+            "global_median": self.global_median,
+            "global_scale": self.global_scale,
+        }
+
+
+class NormativeMap(_BinStatistics):
     """Robust per-position z-score of an anomaly map, from normal scans.
 
     Args:
@@ -141,15 +170,7 @@ class NormativeMap:
         global_scale: float,
     ) -> None:
         self.grid = _check_grid(grid)
-        n = int(np.prod(self.grid))
-        self.median = np.asarray(median, dtype=np.float64).reshape(-1)
-        self.scale = np.asarray(scale, dtype=np.float64).reshape(-1)
-        if self.median.size != n or self.scale.size != n:
-            raise ValueError(f"median and scale need {n} entries for grid {self.grid}, got {self.median.size}, {self.scale.size}.")
-        if not (np.all(np.isfinite(self.median)) and np.all(self.scale > 0) and global_scale > 0):
-            raise ValueError("normative statistics must be finite with positive scales.")
-        self.global_median = float(global_median)
-        self.global_scale = float(global_scale)
+        self._set_statistics(median, scale, global_median, global_scale, int(np.prod(self.grid)), f"for grid {self.grid}")
 
     # ------------------------------------------------------------------ fitting
     @classmethod
@@ -213,13 +234,7 @@ class NormativeMap:
     # ------------------------------------------------------------------ storage
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form (stored as ``calibration["normative"]``)."""
-        return {
-            "grid": list(self.grid),
-            "median": [float(v) for v in self.median],
-            "scale": [float(v) for v in self.scale],
-            "global_median": self.global_median,
-            "global_scale": self.global_scale,
-        }
+        return {"grid": list(self.grid), **self._statistics_dict()}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> NormativeMap:
@@ -281,7 +296,7 @@ def lung_depth_from_windows(
     return full[0, 0].numpy()
 
 
-class LungDepthNormativeMap:
+class LungDepthNormativeMap(_BinStatistics):
     """Robust z-score of an anomaly map against normal scans at the same depth in the lung envelope.
 
     Per 1 mm bin of the signed depth (:func:`depth_bins`; beyond 10 mm outside the envelope is one bin, as is beyond
@@ -296,14 +311,7 @@ class LungDepthNormativeMap:
     kind = "lung_depth"
 
     def __init__(self, median: Sequence[float], scale: Sequence[float], global_median: float, global_scale: float) -> None:
-        self.median = np.asarray(median, dtype=np.float64).reshape(-1)
-        self.scale = np.asarray(scale, dtype=np.float64).reshape(-1)
-        if self.median.size != _NUM_DEPTH_BINS or self.scale.size != _NUM_DEPTH_BINS:
-            raise ValueError(f"median and scale need {_NUM_DEPTH_BINS} entries, got {self.median.size}, {self.scale.size}.")
-        if not (np.all(np.isfinite(self.median)) and np.all(self.scale > 0) and global_scale > 0):
-            raise ValueError("normative statistics must be finite with positive scales.")
-        self.global_median = float(global_median)
-        self.global_scale = float(global_scale)
+        self._set_statistics(median, scale, global_median, global_scale, _NUM_DEPTH_BINS, "(1 mm depth bins)")
 
     @classmethod
     def fit(
@@ -337,10 +345,7 @@ class LungDepthNormativeMap:
             "kind": self.kind,
             "bin_mm": DEPTH_BIN_MM,
             "depth_range_mm": list(DEPTH_RANGE_MM),
-            "median": [float(v) for v in self.median],
-            "scale": [float(v) for v in self.scale],
-            "global_median": self.global_median,
-            "global_scale": self.global_scale,
+            **self._statistics_dict(),
         }
 
     @classmethod
