@@ -545,8 +545,9 @@ class AnomalyPredictor(CalibratedMapPredictor):
             network.window_score = False  # the scan score reads the map only: skip SimSID's discriminator pass
         if hasattr(network, "map_only"):
             network.map_only = True  # the inferer reads only the map: SimSID decodes only the channels it compares
-        # per-position normalisation of the map, fitted on the calibration normals (see NormativeMap); an input without
-        # a body frame (body_mode "whole", e.g. a small crop) gets the global normal statistics instead
+        # normalisation of the map by body position or by depth in the lung envelope, fitted on the calibration normals
+        # (see NormativeMap, LungDepthNormativeMap); an input without a body frame (body_mode "whole", e.g. a small
+        # crop) gets the global normal statistics instead
         normative = self.calibration.get("normative")
         self.normative = normative_from_dict(normative) if normative else None
         self.normative_positions = self.preprocessing_settings.get("body_mode", "threshold") != "whole"
@@ -581,10 +582,9 @@ class AnomalyPredictor(CalibratedMapPredictor):
         res, body = prepared.pop("raw")
         raw_map = res.anomaly_map[0].cpu()
         body_ms = body[0].cpu()
-        if isinstance(self.normative, LungDepthNormativeMap):
-            raw_map = self.normative(raw_map, prepared.pop("lung_depth", None))
-        elif self.normative is not None:
-            raw_map = self.normative(raw_map, body_ms[0] if self.normative_positions else None)
+        if self.normative is not None:
+            positions = body_ms[0] if self.normative_positions else None
+            raw_map = self.normative.apply(raw_map, positions, prepared.pop("lung_depth", None))
         topk = self.calibration.get("topk_fraction", 0.001)
         window_scores = None if res.score_map is None else res.score_map[0].cpu()
         raw_score = scan_score(

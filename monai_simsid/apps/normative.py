@@ -231,6 +231,10 @@ class NormativeMap(_BinStatistics):
         out = (amap - med) / scale
         return out[None] if squeeze else out
 
+    def apply(self, anomaly_map: torch.Tensor, body: torch.Tensor | None = None, depth: Any = None) -> torch.Tensor:
+        """Normalise ``anomaly_map`` by body position (``depth`` is not used; see :meth:`__call__`)."""
+        return self(anomaly_map, body)
+
     # ------------------------------------------------------------------ storage
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form (stored as ``calibration["normative"]``)."""
@@ -254,6 +258,8 @@ def depth_bins(depth_mm: np.ndarray | torch.Tensor) -> torch.Tensor:
 
 def affine_spacing(affine: Any) -> tuple[float, ...]:
     """Voxel size (mm) per axis of a 4x4 affine (e.g. a MetaTensor's ``affine``)."""
+    if affine is None:
+        raise ValueError("the voxel size is unknown: the image carries no affine (a MetaTensor is needed).")
     a = np.asarray(torch.as_tensor(affine), dtype=np.float64)
     if a.shape != (4, 4):
         raise ValueError(f"expected a 4x4 affine, got shape {a.shape}.")
@@ -338,6 +344,10 @@ class LungDepthNormativeMap(_BinStatistics):
         med = torch.as_tensor(self.median, dtype=torch.float32, device=amap.device)[bins]
         scale = torch.as_tensor(self.scale, dtype=torch.float32, device=amap.device)[bins]
         return (amap - med) / scale
+
+    def apply(self, anomaly_map: torch.Tensor, body: torch.Tensor | None = None, depth: Any = None) -> torch.Tensor:
+        """Normalise ``anomaly_map`` by depth (``body`` is not used; see :meth:`__call__`)."""
+        return self(anomaly_map, depth)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form (stored as ``calibration["normative"]``)."""

@@ -61,10 +61,8 @@ def collect_normal_statistics(
         body = torch.as_tensor(item["body"])[None].to(device)
         res = inferer(x, network, body)
         amap = res.anomaly_map[0]
-        if isinstance(normative, LungDepthNormativeMap):
-            amap = normative(amap.cpu(), depths[n]).to(amap.device)
-        elif normative is not None:
-            amap = normative(amap.cpu(), body[0, 0].cpu()).to(amap.device)
+        if normative is not None:
+            amap = normative.apply(amap.cpu(), body[0, 0].cpu(), None if depths is None else depths[n]).to(amap.device)
         scan_scores.append(scan_score(amap, res.score_map[0], body[0], "topk", topk_fraction))
         window_scores.append(scan_score(amap, res.score_map[0], body[0], "discriminator"))
         inside = (body[0] > 0.5).cpu()
@@ -169,7 +167,7 @@ class CalibrationHandler:
             normative = NormativeMap.fit(values, cells, self.normative_grid)
         elif self.normative_depth_windows is not None:
             depths = [
-                lung_depth_from_windows(i["image"], self.normative_depth_windows, affine_spacing(i["image"].affine))
+                lung_depth_from_windows(i["image"], self.normative_depth_windows, affine_spacing(getattr(i["image"], "affine", None)))
                 for i in self.items
             ]
             *_, values, voxel_depths = collect_normal_statistics(

@@ -197,6 +197,9 @@ def test_lung_depth_statistics_lower_the_pleural_rim_and_keep_a_nodule_high(tmp_
     assert torch.allclose(norm(raw), (raw - norm.global_median) / norm.global_scale)
     with pytest.raises(ValueError, match="differ in shape"):
         norm(raw, depth[:-1])
+    plain = [{"image": i["image"].as_tensor(), "body": i["body"]} for i in normals]  # no affine: no voxel size
+    with pytest.raises(ValueError, match="affine"):
+        CalibrationHandler(net, inferer, plain, normative_depth_windows=WINDOWS, **kw)()
     with pytest.raises(ValueError, match="one normative map"):
         CalibrationHandler(net, inferer, normals, normative_grid=(2, 2, 2), normative_depth_windows=WINDOWS, **kw)
     with pytest.raises(ValueError, match="kind"):
