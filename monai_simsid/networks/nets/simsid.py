@@ -129,7 +129,8 @@ class SimSID(nn.Module):
             mean over a cube of this many voxels of the skip's level (replicate-padded at the window border). A region
             that is homogeneous at that scale (the inside of a large mass) then reaches the student only through the
             in-painting from its neighbours, while vessels, edges and small nodules still come through the skip's
-            memory. 0 (the default) passes the features unchanged. Only meaningful with ``memory_skips``.
+            memory. 0 (the default) passes the features unchanged. Needs ``memory_skips``. On real CT it made the
+            ``skips.json`` preset worse on both sets (``docs/benchmarks.md``).
         disc_channels: discriminator channels.
         disc_norm: norm of the discriminator's inner convs.
         norm: norm of encoder/decoders.

@@ -66,7 +66,7 @@ class BatchAnomalyCorruption:
     Args:
         clean_fraction: probability that a window is left unchanged.
         max_anomalies: largest number of anomalies per corrupted window (>= 1).
-        weights: mapping kind -> non-negative weight over ``("ellipsoid", "foreign", "cutpaste")``.
+        weights: mapping kind -> non-negative weight over ``("ellipsoid", "foreign", "cutpaste", "tissue")``.
         radius_range, max_aspect, roughness_range, edge_width_range, intensity_range, bright_prob: ellipsoids.
         box_size_range, alpha_range, cutpaste_scale_range, cutpaste_shift_range: box anomalies.
         hu_windows: the ``[[low, high], ...]`` HU windows of the channels (needed by ``"tissue"``).
