@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from monai_simsid.apps.descriptor_knn import DEPTH_RANGE_MM, lung_envelope_depth
 from monai_simsid.transforms.body.array import body_bbox
-from monai_simsid.transforms.intensity.array import check_hu_windows
+from monai_simsid.transforms.intensity.array import hu_from_windows
 
 __all__ = [
     "LungDepthNormativeMap",
@@ -287,13 +287,9 @@ def lung_depth_from_windows(
     """
     if isinstance(step, bool) or not isinstance(step, int) or step < 1:
         raise ValueError(f"step must be a positive integer, got {step!r}.")
-    windows = check_hu_windows(hu_windows)
-    img = torch.as_tensor(image).detach().float().cpu().numpy()
-    if img.ndim != 4 or img.shape[0] != len(windows):
-        raise ValueError(f"expected a (C={len(windows)}, X, Y, Z) image of HU windows, got {tuple(img.shape)}.")
-    c = max(range(len(windows)), key=lambda i: windows[i][1] - windows[i][0])
-    lo, hi = windows[c]
-    hu = (img[c] + 1.0) / 2.0 * (hi - lo) + lo
+    if torch.as_tensor(image).ndim != 4:
+        raise ValueError(f"expected a (C, X, Y, Z) image of HU windows, got shape {tuple(torch.as_tensor(image).shape)}.")
+    hu = hu_from_windows(image, hu_windows)[0].astype(np.float32)
     coarse = hu[::step, ::step, ::step]
     depth = lung_envelope_depth(coarse, [float(s) * step for s in spacing]).reshape(coarse.shape)
     if coarse.shape == hu.shape:
@@ -329,7 +325,7 @@ class LungDepthNormativeMap(_BinStatistics):
     ) -> LungDepthNormativeMap:
         """Fit from raw map values of normal body voxels and their signed depths in mm (see :class:`NormativeMap.fit`
         for ``min_voxels`` and ``scale_floor``)."""
-        v, b = _samples(values, depth_bins(np.asarray(torch.as_tensor(depths).cpu())), _NUM_DEPTH_BINS)
+        v, b = _samples(values, depth_bins(depths), _NUM_DEPTH_BINS)
         return cls(*_robust_stats(v, b, _NUM_DEPTH_BINS, min_voxels, scale_floor))
 
     def __call__(self, anomaly_map: torch.Tensor, depth: np.ndarray | torch.Tensor | None = None) -> torch.Tensor:

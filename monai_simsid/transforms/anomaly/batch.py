@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from monai_simsid.transforms.anomaly.array import CutPaste, EllipsoidLesion, ForeignPatchBlend
-from monai_simsid.transforms.intensity.array import HUWindows, check_hu_windows
+from monai_simsid.transforms.intensity.array import HUWindows, check_hu_windows, hu_from_windows
 
 __all__ = ["BatchAnomalyCorruption", "corrupt_batch"]
 
@@ -224,18 +224,13 @@ class BatchAnomalyCorruption:
 
     def _apply_tissue(self, img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, dict[str, Any]]:
         """A ``"tissue"`` lesion: blended in HU, then windowed into every channel."""
-        windows = self.hu_windows
-        if img.shape[0] != len(windows):
-            raise ValueError(f"'tissue' anomalies need one channel per HU window ({len(windows)}), got {img.shape[0]}.")
         shape = img.shape[1:]
-        widest = max(range(len(windows)), key=lambda c: windows[c][1] - windows[c][0])
-        lo, hi = windows[widest]
-        hu = (img[widest : widest + 1].astype(np.float64) + 1.0) / 2.0 * (hi - lo) + lo
+        hu = hu_from_windows(img, self.hu_windows)
         params = self._ellipsoid_params(rng, shape, lambda: float(rng.uniform(*self.tissue_hu_range)), "absolute")
         lesion = EllipsoidLesion(**params)
         inside = lesion.weights(shape) > 0
         new_hu, _ = lesion(hu)
-        windowed = HUWindows(windows)(torch.from_numpy(new_hu)).numpy().reshape(img.shape)
+        windowed = HUWindows(self.hu_windows)(torch.from_numpy(new_hu)).numpy().reshape(img.shape)
         return np.where(inside[None], windowed, img).astype(img.dtype), {"kind": "tissue", **params}
 
     # ------------------------------------------------------------------ batch

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .array import HUWindows, check_hu_windows
+from .array import HUWindows, check_hu_windows, hu_from_windows
 from .dictionary import HUWindowsd, HUWindowsD, HUWindowsDict
 
-__all__ = ["HUWindows", "HUWindowsd", "HUWindowsD", "HUWindowsDict", "check_hu_windows"]
+__all__ = ["HUWindows", "HUWindowsd", "HUWindowsD", "HUWindowsDict", "check_hu_windows", "hu_from_windows"]

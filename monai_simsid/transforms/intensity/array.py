@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from monai.config import NdarrayOrTensor
 from monai.transforms import Transform
 from monai.utils import convert_to_tensor
 
-__all__ = ["HUWindows", "check_hu_windows"]
+__all__ = ["HUWindows", "check_hu_windows", "hu_from_windows"]
 
 
 def check_hu_windows(windows: Sequence[Sequence[float]]) -> list[tuple[float, float]]:
@@ -24,6 +25,27 @@ def check_hu_windows(windows: Sequence[Sequence[float]]) -> list[tuple[float, fl
     if bad:
         raise ValueError(f"each HU window needs low < high, got {bad}.")
     return out
+
+
+def hu_from_windows(image: NdarrayOrTensor, windows: Sequence[Sequence[float]]) -> np.ndarray:
+    """HU read back from the widest window of an image made by :class:`HUWindows` (the inverse on that window's range).
+
+    Args:
+        image: ``(C, *S)``, one channel per window, each in [-1, 1].
+        windows: the ``[[low, high], ...]`` HU windows of the channels.
+
+    Returns:
+        float64 ``(1, *S)`` in HU, clipped to the widest window.
+    """
+    windows = check_hu_windows(windows)
+    img = torch.as_tensor(image).detach().cpu().numpy()
+    if img.ndim < 2 or img.shape[0] != len(windows):
+        raise ValueError(
+            f"expected one channel per HU window ({len(windows)} HU windows), got an image of shape {tuple(img.shape)}."
+        )
+    c = max(range(len(windows)), key=lambda i: windows[i][1] - windows[i][0])
+    lo, hi = windows[c]
+    return (img[c : c + 1].astype(np.float64) + 1.0) / 2.0 * (hi - lo) + lo
 
 
 class HUWindows(Transform):
