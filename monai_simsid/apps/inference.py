@@ -25,7 +25,7 @@ from monai_simsid.apps.normative import (
     lung_depth_from_windows,
     normative_from_dict,
 )
-from monai_simsid.apps.preprocessing import resample_to_input
+from monai_simsid.apps.preprocessing import input_hu_windows, resample_to_input
 from monai_simsid.data.datalist import case_name
 from monai_simsid.data.datasets import preprocess_all
 from monai_simsid.export import ScoresTable, build_report, save_nifti, save_overview_png, save_slicer_segmentation, write_report
@@ -552,11 +552,6 @@ class AnomalyPredictor(CalibratedMapPredictor):
         self.normative = normative_from_dict(normative) if normative else None
         self.normative_positions = self.preprocessing_settings.get("body_mode", "threshold") != "whole"
 
-    def _hu_windows(self) -> list:
-        """The HU windows of the model's input channels (from the preprocessing settings)."""
-        windows = self.preprocessing_settings.get("hu_windows")
-        return windows if windows else [self.preprocessing_settings.get("hu_window", [-1000.0, 500.0])]
-
     def run_model(self, x: torch.Tensor, body: torch.Tensor):
         """The inferer and network on a preprocessed scan ``x`` ``(1, C, *S)`` with its ``body`` ``(1, 1, *S)``.
 
@@ -570,7 +565,9 @@ class AnomalyPredictor(CalibratedMapPredictor):
         """The model step: the inferer's result and the body on the model grid (``image``/``body`` leave ``prepared``)."""
         image = prepared.pop("image")
         if isinstance(self.normative, LungDepthNormativeMap) and self.normative_positions:
-            prepared["lung_depth"] = lung_depth_from_windows(image, self._hu_windows(), affine_spacing(prepared["model_affine"]))
+            prepared["lung_depth"] = lung_depth_from_windows(
+                image, input_hu_windows(self.preprocessing_settings), affine_spacing(prepared["model_affine"])
+            )
         x = image[None].float().to(self.device)
         body = prepared.pop("body")[None].to(self.device)
         res = self.run_model(x, body)

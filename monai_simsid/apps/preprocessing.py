@@ -14,7 +14,7 @@ from scipy import ndimage
 
 from monai_simsid.apps.config import shared_config_path
 
-__all__ = ["build_preprocessing", "invert_to_input", "load_preprocessing_config", "resample_to_input"]
+__all__ = ["build_preprocessing", "input_hu_windows", "invert_to_input", "load_preprocessing_config", "resample_to_input"]
 
 
 def load_preprocessing_config(**overrides: Any) -> ConfigParser:
@@ -26,6 +26,16 @@ def load_preprocessing_config(**overrides: Any) -> ConfigParser:
             raise ValueError(f"unknown preprocessing setting '{key}' (known: {sorted(parser.get())}).")
         parser[key] = value
     return parser
+
+
+def input_hu_windows(settings: Mapping[str, Any]) -> list[list[float]]:
+    """The HU windows of the model's input channels for these preprocessing settings, as the preprocessing chain
+    picks them: ``hu_windows`` when set, else the single ``hu_window`` (the shared config's default when absent)."""
+    windows = settings.get("hu_windows")
+    if windows:
+        return [list(w) for w in windows]
+    window = settings.get("hu_window")
+    return [list(load_preprocessing_config().get("hu_window") if window is None else window)]
 
 
 def build_preprocessing(**overrides: Any) -> Compose:

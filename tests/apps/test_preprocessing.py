@@ -117,3 +117,11 @@ def test_axis_aligned_fast_path_equals_the_slab_resampler(order):
     assert fast.shape == shape and fast.dtype == np.float32
     assert 0 < np.count_nonzero(slabs) < slabs.size
     np.testing.assert_allclose(fast, slabs, rtol=0, atol=1e-5)
+
+
+def test_input_hu_windows_follow_the_preprocessing_settings():
+    from monai_simsid.apps.preprocessing import input_hu_windows, load_preprocessing_config
+
+    assert input_hu_windows({"hu_windows": [[-1000, -400], [-160, 240]]}) == [[-1000, -400], [-160, 240]]
+    assert input_hu_windows({"hu_windows": None, "hu_window": [-200, 300]}) == [[-200, 300]]
+    assert input_hu_windows({}) == [list(load_preprocessing_config().get("hu_window"))]
