@@ -8,7 +8,24 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["calibrate_map", "calibrate_score", "compute_calibration"]
+__all__ = ["calibrate_map", "calibrate_score", "compute_calibration", "voxel_statistics"]
+
+
+def voxel_statistics(voxel_samples: np.ndarray, voxel_fpr: float = 0.001) -> tuple[float, float, float]:
+    """``(threshold, median, scale)`` of raw map values sampled in normal bodies: the ``1 - voxel_fpr`` quantile,
+    the median, and a quarter of their difference (the scale :func:`calibrate_map` divides by).
+
+    Raises:
+        ValueError: no samples, or ``voxel_fpr`` outside (0, 1).
+    """
+    if not 0 < voxel_fpr < 1:
+        raise ValueError("voxel_fpr must be in (0, 1).")
+    v = np.asarray(voxel_samples, dtype=float).reshape(-1)
+    if v.size == 0:
+        raise ValueError("calibration needs voxel samples.")
+    v_thr = float(np.quantile(v, 1 - voxel_fpr))
+    v_med = float(np.median(v))
+    return v_thr, v_med, max((v_thr - v_med) / 4.0, 1e-6)
 
 
 def compute_calibration(
@@ -43,12 +60,7 @@ def compute_calibration(
     # with a handful of normal scans the sample sd is unreliable: never let it fall below 5% of the mean score
     std = max(std, 0.05 * abs(mean), 1e-12)
     threshold = max(float(np.quantile(s, 1 - fpr)), mean + 1.645 * std if s.size < 20 else -np.inf)
-    v = np.asarray(voxel_samples, dtype=float).reshape(-1)
-    if v.size == 0:
-        raise ValueError("calibration needs voxel samples.")
-    v_thr = float(np.quantile(v, 1 - voxel_fpr))
-    v_med = float(np.median(v))
-    v_scale = max((v_thr - v_med) / 4.0, 1e-6)
+    v_thr, v_med, v_scale = voxel_statistics(voxel_samples, voxel_fpr)
     cal: dict[str, Any] = {
         "source": source,
         "num_scans": int(s.size),

@@ -121,11 +121,23 @@ def lung_envelope_depth(image_hu: Any, spacing: Sequence[float], mask: Any = Non
 
 
 def _descriptors(
-    image_hu: Any, spacing: Sequence[float], mask: Any, scales_mm: Sequence[float], context: str | None
+    image_hu: Any,
+    spacing: Sequence[float],
+    mask: Any,
+    scales_mm: Sequence[float],
+    context: str | None,
+    depth: Any = None,
 ) -> np.ndarray:
     feats = multiscale_descriptors(image_hu, spacing, mask, scales_mm)
     if context == "lung_depth":
-        feats = np.concatenate([feats, lung_envelope_depth(image_hu, spacing, mask)[:, None]], axis=1)
+        if depth is None:
+            values = lung_envelope_depth(image_hu, spacing, mask)
+        else:
+            depth = np.asarray(depth, dtype=np.float32)
+            if depth.shape != np.shape(image_hu):
+                raise ValueError(f"depth {depth.shape} and image {np.shape(image_hu)} differ in shape.")
+            values = np.clip(depth[np.ones(depth.shape, bool) if mask is None else np.asarray(mask, bool)], *DEPTH_RANGE_MM)
+        feats = np.concatenate([feats, values[:, None]], axis=1)
     return feats
 
 
@@ -200,9 +212,10 @@ class DescriptorKNN:
             )
         return self.fit_scans(zip(normal_images_hu, normal_masks, spacings))
 
-    def fit_scans(self, scans: Iterable[tuple[Any, Any, Sequence[float]]]) -> DescriptorKNN:
+    def fit_scans(self, scans: Iterable[tuple]) -> DescriptorKNN:
         """Build the bank from ``(image_hu, mask, spacing)`` normal scans read one at a time (e.g. a generator that
-        loads them), so memory holds one scan and the bank, however many scans there are.
+        loads them), so memory holds one scan and the bank, however many scans there are. A scan may come as
+        ``(image_hu, mask, spacing, depth)`` with its precomputed lung-envelope depth (see :meth:`__call__`).
 
         The bank is a uniform random sample (without replacement) of ``bank_size`` of all the scans' mask voxels:
         every voxel gets a seeded uniform random key and the bank keeps the smallest keys seen so far.
@@ -214,8 +227,8 @@ class DescriptorKNN:
         bank = np.zeros((0, self.num_features), dtype=np.float32)
         keys = np.zeros(0)
         n_scans = n_voxels = 0
-        for image, mask, spacing in scans:
-            feats = _descriptors(image, spacing, mask, self.scales_mm, self.context)
+        for image, mask, spacing, *depth in scans:
+            feats = _descriptors(image, spacing, mask, self.scales_mm, self.context, *depth)
             n_scans, n_voxels = n_scans + 1, n_voxels + feats.shape[0]
             bank, keys = np.concatenate([bank, feats]), np.concatenate([keys, rng.random(feats.shape[0])])
             if keys.size > self.bank_size:
@@ -234,8 +247,15 @@ class DescriptorKNN:
         self.scale = np.asarray(scale, dtype=np.float64)
         self._tree = cKDTree(self.bank)
 
-    def __call__(self, image_hu: Any, mask: Any, spacing: Sequence[float], chunk: int = 1_000_000) -> np.ndarray:
+    def __call__(
+        self, image_hu: Any, mask: Any, spacing: Sequence[float], chunk: int = 1_000_000, depth: Any = None
+    ) -> np.ndarray:
         """Mean distance to the ``k`` nearest normal descriptors inside ``mask``, 0 outside (float32, image shape).
+
+        ``depth`` (image shape, mm): the signed lung-envelope depth when it is already known (e.g. computed on a
+        sub-sampled grid, as :func:`~monai_simsid.apps.normative.lung_depth_from_windows` does); by default the
+        ``"lung_depth"`` context computes it with :func:`lung_envelope_depth`. The same kind of depth must be used
+        to fit and to score.
 
         Raises:
             RuntimeError: if not fitted.
@@ -246,12 +266,22 @@ class DescriptorKNN:
         img = _check_volume(image_hu)
         mask = _check_mask(mask, img.shape, "mask")
         out = np.zeros(img.shape, dtype=np.float32)
-        feats = _descriptors(img, spacing, mask, self.scales_mm, self.context) / self.scale.astype(np.float32)
+        feats = _descriptors(img, spacing, mask, self.scales_mm, self.context, depth) / self.scale.astype(np.float32)
         scores = np.empty(feats.shape[0], dtype=np.float32)
         for start in range(0, feats.shape[0], chunk):
             dist, _ = self._tree.query(feats[start : start + chunk], k=self.k, workers=-1)
             scores[start : start + chunk] = np.asarray(dist, dtype=np.float64).reshape(len(dist), -1).mean(axis=1)
         out[mask] = scores
+        return out
+
+    def without_context(self) -> DescriptorKNN:
+        """The same fitted bank with the context feature dropped: a memory for voxels without a lung envelope (e.g.
+        a crop inside the lung), drawn from the same normal voxels."""
+        if not self.is_fitted:
+            raise RuntimeError("DescriptorKNN is not fitted: call fit() or from_dict() first.")
+        out = DescriptorKNN(self.scales_mm, k=self.k, bank_size=self.bank_size, seed=self.seed, context=None)
+        n = len(self.scales_mm)
+        out._set(self.bank[:, :n], self.scale[:n])
         return out
 
     def state_dict(self) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from monai.transforms import Compose
 from torch.utils.data import DataLoader
 
 from monai_simsid.apps.calibration import calibrate_map, calibrate_score
+from monai_simsid.apps.fusion import DescriptorFusion
 from monai_simsid.apps.normative import (
     LungDepthNormativeMap,
     affine_spacing,
@@ -551,6 +552,10 @@ class AnomalyPredictor(CalibratedMapPredictor):
         normative = self.calibration.get("normative")
         self.normative = normative_from_dict(normative) if normative else None
         self.normative_positions = self.preprocessing_settings.get("body_mode", "threshold") != "whole"
+        # fusion with the descriptor memory fitted on the same normals (see DescriptorFusion); a crop uses its bank
+        # without the depth feature over the whole input
+        fusion = self.calibration.get("fusion")
+        self.fusion = DescriptorFusion.from_dict(fusion) if fusion else None
 
     def run_model(self, x: torch.Tensor, body: torch.Tensor):
         """The inferer and network on a preprocessed scan ``x`` ``(1, C, *S)`` with its ``body`` ``(1, 1, *S)``.
@@ -564,10 +569,13 @@ class AnomalyPredictor(CalibratedMapPredictor):
     def raw_map(self, prepared: dict) -> tuple:
         """The model step: the inferer's result and the body on the model grid (``image``/``body`` leave ``prepared``)."""
         image = prepared.pop("image")
-        if isinstance(self.normative, LungDepthNormativeMap) and self.normative_positions:
-            prepared["lung_depth"] = lung_depth_from_windows(
-                image, input_hu_windows(self.preprocessing_settings), affine_spacing(prepared["model_affine"])
-            )
+        spacing = affine_spacing(prepared["model_affine"])
+        depth = None
+        if (isinstance(self.normative, LungDepthNormativeMap) or self.fusion is not None) and self.normative_positions:
+            depth = lung_depth_from_windows(image, input_hu_windows(self.preprocessing_settings), spacing)
+            prepared["lung_depth"] = depth
+        if self.fusion is not None:
+            prepared["descriptor"] = self.fusion.descriptor_term(image, spacing, depth)
         x = image[None].float().to(self.device)
         body = prepared.pop("body")[None].to(self.device)
         res = self.run_model(x, body)
@@ -582,6 +590,8 @@ class AnomalyPredictor(CalibratedMapPredictor):
         if self.normative is not None:
             positions = body_ms[0] if self.normative_positions else None
             raw_map = self.normative.apply(raw_map, positions, prepared.pop("lung_depth", None))
+        if self.fusion is not None:
+            raw_map = self.fusion(raw_map, *prepared.pop("descriptor"))
         topk = self.calibration.get("topk_fraction", 0.001)
         window_scores = None if res.score_map is None else res.score_map[0].cpu()
         raw_score = scan_score(
@@ -605,6 +615,17 @@ class AnomalyPredictor(CalibratedMapPredictor):
                 "kind": getattr(self.normative, "kind", "position"),
                 "grid": list(getattr(self.normative, "grid", [])),
                 "positions": bool(self.normative_positions),
+            }
+        )
+        extra["fusion"] = (
+            None
+            if self.fusion is None
+            else {
+                "kind": self.fusion.kind,
+                "descriptor": "lung_depth" if self.normative_positions else "plain (no lung envelope)",
+                "bank_size": int(self.fusion.knn.bank.shape[0]),
+                "k": self.fusion.knn.k,
+                "scales_mm": list(self.fusion.knn.scales_mm),
             }
         )
         return extra

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, Sequence
+import functools
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
-from monai_simsid.apps.calibration import compute_calibration
+from monai_simsid.apps.calibration import compute_calibration, voxel_statistics
 from monai_simsid.apps.checkpoint import save_model_checkpoint
+from monai_simsid.apps.fusion import DescriptorFusion, NoLungRegionError
 from monai_simsid.apps.normative import (
     LungDepthNormativeMap,
     NormativeMap,
@@ -39,6 +41,7 @@ def collect_normal_statistics(
     normative: NormativeMap | LungDepthNormativeMap | None = None,
     cell_grid: Sequence[int] | None = None,
     depths: Sequence[np.ndarray] | None = None,
+    fuse: Sequence[Callable[[torch.Tensor], torch.Tensor]] | None = None,
 ) -> tuple[list[float], list[float], np.ndarray] | tuple[list[float], list[float], np.ndarray, np.ndarray]:
     """Raw scan scores, discriminator window scores and sampled body-voxel values of normal scans.
 
@@ -50,6 +53,8 @@ def collect_normal_statistics(
         depths: the signed lung-envelope depth ``(*S)`` of each item (see
             :func:`~monai_simsid.apps.normative.lung_depth_from_windows`); without ``cell_grid``, the depth of every
             sampled voxel is returned as a fourth element.
+        fuse: one callable per item, applied to its map after ``normative`` (e.g. a
+            :class:`~monai_simsid.apps.fusion.DescriptorFusion` bound to the item's descriptor term).
     """
     if isinstance(normative, LungDepthNormativeMap) and depths is None:
         raise ValueError("a lung-depth normative map needs the depths of the items.")
@@ -63,6 +68,8 @@ def collect_normal_statistics(
         amap = res.anomaly_map[0]
         if normative is not None:
             amap = normative.apply(amap.cpu(), body[0, 0].cpu(), None if depths is None else depths[n]).to(amap.device)
+        if fuse is not None:
+            amap = fuse[n](amap.cpu()).to(amap.device)
         scan_scores.append(scan_score(amap, res.score_map[0], body[0], "topk", topk_fraction))
         window_scores.append(scan_score(amap, res.score_map[0], body[0], "discriminator"))
         inside = (body[0] > 0.5).cpu()
@@ -104,6 +111,11 @@ class CalibrationHandler:
         normative_depth_windows: if given (the HU windows of the image channels), fit a
             :class:`~monai_simsid.apps.normative.LungDepthNormativeMap` instead: statistics per depth in the lung
             envelope (for chest CT). Exclusive with ``normative_grid``.
+        descriptor_fusion: fuse the (normalised) map with a descriptor memory fitted on the same normal scans (see
+            :class:`~monai_simsid.apps.fusion.DescriptorFusion`; stored as ``calibration["fusion"]``): the model map's
+            own normal threshold sets its unit, then thresholds and scan scores are computed on the fused normal
+            maps. Needs ``normative_depth_windows`` (chest CT); costs one more pass over the normal scans and a kNN
+            search over their lung regions. Normal scans without lungs (not chest CT) skip it with a warning.
     """
 
     def __init__(
@@ -123,6 +135,7 @@ class CalibrationHandler:
         score_method: str = "topk",
         normative_grid: Sequence[int] | None = None,
         normative_depth_windows: Sequence[Sequence[float]] | None = None,
+        descriptor_fusion: bool = False,
     ) -> None:
         if score_method not in SCORE_METHODS:
             raise ValueError(f"score_method must be one of {SCORE_METHODS}, got {score_method!r}.")
@@ -148,6 +161,9 @@ class CalibrationHandler:
         self.normative_depth_windows = [list(w) for w in normative_depth_windows] if normative_depth_windows else None
         if self.normative_grid is not None and self.normative_depth_windows is not None:
             raise ValueError("choose one normative map: normative_grid (body position) or normative_depth_windows.")
+        self.descriptor_fusion = bool(descriptor_fusion)
+        if self.descriptor_fusion and self.normative_depth_windows is None:
+            raise ValueError("descriptor_fusion needs normative_depth_windows (the lung-envelope depth of chest CT).")
         self.calibration: dict[str, Any] | None = None
 
     def attach(self, engine: Engine) -> None:
@@ -174,8 +190,23 @@ class CalibrationHandler:
                 self.network, self.inferer, self.items, device, self.topk_fraction, depths=depths
             )
             normative = LungDepthNormativeMap.fit(values, voxel_depths)
+        fusion, fuse = None, None
+        if self.descriptor_fusion:
+            _, _, values = collect_normal_statistics(
+                self.network, self.inferer, self.items, device, self.topk_fraction, normative=normative, depths=depths
+            )[:3]
+            v_thr, _, v_scale = voxel_statistics(values, self.voxel_fpr)
+            try:
+                fusion, terms = DescriptorFusion.fit(
+                    [i["image"] for i in self.items], self.normative_depth_windows,
+                    [affine_spacing(getattr(i["image"], "affine", None)) for i in self.items], depths, v_thr, v_scale,
+                )
+                fuse = [functools.partial(fusion, term=t, region=r) for t, r in terms]
+            except NoLungRegionError as err:  # e.g. abdominal or head CT: the model's map alone, as without fusion
+                logger.warning("descriptor fusion skipped: %s", err)
         scans, windows, voxels = collect_normal_statistics(
-            self.network, self.inferer, self.items, device, self.topk_fraction, normative=normative, depths=depths
+            self.network, self.inferer, self.items, device, self.topk_fraction, normative=normative, depths=depths,
+            fuse=fuse,
         )[:3]
         t, w = np.asarray(scans, dtype=float), np.asarray(windows, dtype=float)
         norm = {
@@ -196,6 +227,8 @@ class CalibrationHandler:
         self.calibration.update({"topk_fraction": self.topk_fraction, "score_method": self.score_method, "score_norm": norm})
         if normative is not None:
             self.calibration["normative"] = normative.to_dict()
+        if fusion is not None:
+            self.calibration["fusion"] = fusion.to_dict()
         extra = dict(self.extra_meta or {})
         if engine is not None:
             extra.update({"epoch": int(engine.state.epoch), "iteration": int(engine.state.iteration)})

@@ -218,3 +218,26 @@ def test_select_checkpoint_tool_scores_a_trained_checkpoint_on_injected_lesions(
     assert result["best"] == first["checkpoint"] == str(trained)
     assert first["num_lesion_cases"] == len(val) and all(0.0 <= first[k] <= 1.0 for k in ("voxel_ap", "voxel_auroc", "sample_auroc"))
     assert first == second  # the same network meets the same lesions
+
+
+def test_descriptor_fusion_is_the_default_and_can_be_turned_off(trained, synthetic_dataset, tmp_path):
+    from monai_simsid.apps.fusion import DescriptorFusion
+    from monai_simsid.apps.inference import load_predictor
+
+    old = torch.load(str(trained), weights_only=False)
+    assert old["calibration"]["fusion"]["kind"] == "descriptor_mean"  # training's default (the synthetic chests have lungs)
+    _infer(trained, tmp_path / "off", config="calibrate.json", datalist=str(synthetic_dataset), descriptor_fusion=False)
+    off = torch.load(str(tmp_path / "off" / "model.pt"), weights_only=False)["calibration"]
+    assert "fusion" not in off and off["normative"]["kind"] == "lung_depth"
+    case = next(c for c in load_datalist(synthetic_dataset, "test") if c.get("label"))
+    predictor = load_predictor("simsid_ct", trained)
+    assert isinstance(predictor.fusion, DescriptorFusion)
+    assert predictor.report_extra()["fusion"]["descriptor"] == "lung_depth"
+    fused, plain = predictor.predict(case), load_predictor("simsid_ct", tmp_path / "off" / "model.pt").predict(case)
+    assert fused.anomaly_map.shape == plain.anomaly_map.shape and 0 <= fused.anomaly_map.min() <= fused.anomaly_map.max() <= 1
+    assert not np.allclose(fused.anomaly_map, plain.anomaly_map)  # the descriptor term is applied
+    assert load_predictor("simsid_ct", tmp_path / "off" / "model.pt").report_extra()["fusion"] is None
+    # a crop without a body frame uses the bank without the depth feature
+    crop = load_predictor("simsid_ct", trained, preprocessing_overrides={"body_mode": "whole"})
+    assert crop.report_extra()["fusion"]["descriptor"].startswith("plain")
+    assert crop.predict(case).anomaly_map.max() > 0

@@ -1,0 +1,197 @@
+"""Fusion of a model's anomaly map with the normative descriptor memory, both fitted on the same normal scans.
+
+A reconstruction map and the descriptor memory (:class:`~monai_simsid.apps.descriptor_knn.DescriptorKNN`) fail in
+different places. On real chest CT the model's map is bright on the pleural rim and on vessels that it reconstructs
+poorly; the descriptor is bright on dense tissue that is unusual for its depth in the lung envelope, whatever a
+network makes of it. :class:`DescriptorFusion` averages the two, each in units of its own normal threshold:
+
+- the model term is ``2 * sigmoid((z - t) / s)``, with ``z`` the (normalised) model map and ``t``, ``s`` its voxel
+  threshold and scale on the normal scans (:func:`~monai_simsid.apps.calibration.compute_calibration`): 1 at the
+  threshold, bounded by 2, so no single bright structure of the model dominates;
+- the descriptor term is the kNN distance divided by its 99.9th percentile over the normal scans' lung regions: 1 at
+  that percentile, unbounded, so a mass far from every normal descriptor stands out.
+
+Inside the lung region (:func:`~monai_simsid.apps.rules.lung_region_mask`) the fused map is the mean of the two terms;
+outside it, where the descriptor memory has no normal bank, it is the model term alone. The weights are equal and
+nothing is tuned on lesions.
+
+Everything runs on the model grid, from HU read back from the widest input window
+(:func:`~monai_simsid.transforms.intensity.array.hu_from_windows`), with the same sub-sampled lung-envelope depth as
+:class:`~monai_simsid.apps.normative.LungDepthNormativeMap`. A scan with a lung envelope uses the memory with the depth
+feature; an input without a body frame (a crop inside the lung) uses the same bank without it, over the whole input.
+Everything comes from normal scans only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from monai_simsid.apps.descriptor_knn import DescriptorKNN
+from monai_simsid.apps.rules import lung_region_mask
+from monai_simsid.transforms.intensity.array import hu_from_windows
+
+__all__ = ["DescriptorFusion", "NoLungRegionError"]
+
+#: percentile of the normal descriptor distances that is the descriptor term's unit
+UNIT_PERCENTILE = 99.9
+
+
+class NoLungRegionError(ValueError):
+    """The normal scans have no lung region, so the descriptor memory has nothing to learn from (not chest CT)."""
+
+
+def _unit(values: Sequence[np.ndarray]) -> float:
+    v = np.concatenate([np.asarray(x, dtype=np.float32).reshape(-1) for x in values]) if values else np.zeros(0)
+    unit = float(np.percentile(v, UNIT_PERCENTILE)) if v.size else 0.0
+    if not np.isfinite(unit) or unit <= 0:
+        raise ValueError("the normal scans give no positive descriptor distance: cannot set the descriptor unit.")
+    return unit
+
+
+class DescriptorFusion:
+    """Mean of a model's map and the descriptor memory's distance, each in units of its normal threshold.
+
+    Args:
+        knn: a fitted memory with the ``"lung_depth"`` context (see :meth:`fit`).
+        unit: the 99.9th percentile of its distances over the normal lung regions.
+        unit_crop: the same for the bank without the depth feature (inputs without a lung envelope).
+        model_threshold, model_scale: the model map's voxel threshold and scale on the normal scans.
+        hu_windows: the ``[[low, high], ...]`` HU windows of the model's input channels.
+
+    Raises:
+        ValueError: a memory without the depth context, or non-positive units or scale.
+    """
+
+    kind = "descriptor_mean"
+
+    def __init__(
+        self,
+        knn: DescriptorKNN,
+        unit: float,
+        unit_crop: float,
+        model_threshold: float,
+        model_scale: float,
+        hu_windows: Sequence[Sequence[float]],
+    ) -> None:
+        if not isinstance(knn, DescriptorKNN) or not knn.is_fitted or knn.context != "lung_depth":
+            raise ValueError("knn must be a fitted DescriptorKNN with the 'lung_depth' context.")
+        if not all(np.isfinite(v) and v > 0 for v in (unit, unit_crop, model_scale)) or not np.isfinite(model_threshold):
+            raise ValueError(
+                f"unit, unit_crop and model_scale must be positive and model_threshold finite, got {unit}, "
+                f"{unit_crop}, {model_scale} and {model_threshold}."
+            )
+        self.knn = knn
+        self.crop_knn = knn.without_context()
+        self.unit, self.unit_crop = float(unit), float(unit_crop)
+        self.model_threshold, self.model_scale = float(model_threshold), float(model_scale)
+        self.hu_windows = [[float(lo), float(hi)] for lo, hi in hu_windows]
+
+    # ------------------------------------------------------------------ fitting
+    @classmethod
+    def fit(
+        cls,
+        images: Sequence[Any],
+        hu_windows: Sequence[Sequence[float]],
+        spacings: Sequence[Sequence[float]],
+        depths: Sequence[np.ndarray],
+        model_threshold: float,
+        model_scale: float,
+        **knn_args: Any,
+    ) -> tuple[DescriptorFusion, list[tuple[np.ndarray, np.ndarray]]]:
+        """Fit the memory on normal model-space images and set both units from the same scans.
+
+        Args:
+            images: normal images ``(C, X, Y, Z)``, one channel per window of ``hu_windows``.
+            hu_windows: the windows of the channels.
+            spacings: their voxel sizes in mm.
+            depths: their lung-envelope depths ``(X, Y, Z)`` (see
+                :func:`~monai_simsid.apps.normative.lung_depth_from_windows`).
+            model_threshold, model_scale: see the class.
+            knn_args: for :class:`~monai_simsid.apps.descriptor_knn.DescriptorKNN` (``k``, ``bank_size``, ``seed``).
+
+        Returns:
+            the fusion, and each image's ``(descriptor term, lung region)`` (see :meth:`descriptor_term`), so that
+            the normal maps can be fused without a second search.
+
+        Raises:
+            NoLungRegionError: no normal scan has a lung region.
+            ValueError: mismatching inputs.
+        """
+        if not (len(images) == len(spacings) == len(depths)) or not images:
+            raise ValueError(f"need as many images, spacings and depths (at least one), got {len(images)}, {len(spacings)} and {len(depths)}.")
+        hus = [hu_from_windows(img, hu_windows)[0].astype(np.float32) for img in images]
+        regions = [lung_region_mask(hu, sp) for hu, sp in zip(hus, spacings)]
+        if not any(r.any() for r in regions):
+            raise NoLungRegionError("the normal scans have no lung region: the descriptor fusion needs chest CT.")
+        knn = DescriptorKNN(context="lung_depth", **knn_args).fit_scans(zip(hus, regions, spacings, depths))
+        crop_knn = knn.without_context()
+        dist = [knn(hu, r, sp, depth=d) for hu, r, sp, d in zip(hus, regions, spacings, depths)]
+        crop_dist = [crop_knn(hu, r, sp)[r] for hu, r, sp in zip(hus, regions, spacings)]
+        unit = _unit([d[r] for d, r in zip(dist, regions)])
+        fusion = cls(knn, unit, _unit(crop_dist), model_threshold, model_scale, hu_windows)
+        return fusion, [(d / np.float32(unit), r) for d, r in zip(dist, regions)]
+
+    # ------------------------------------------------------------------ maps
+    def descriptor_term(
+        self, image: Any, spacing: Sequence[float], depth: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(term, region)`` of a model-space image ``(C, X, Y, Z)``: the descriptor distance in units of its normal
+        99.9th percentile (0 outside ``region``) and the region it is defined on.
+
+        With the lung-envelope ``depth`` (a whole scan) the region is the lung region; without it (an input without a
+        body frame, e.g. a crop inside the lung) it is the whole input, scored by the bank without the depth feature.
+        """
+        hu = hu_from_windows(image, self.hu_windows)[0].astype(np.float32)
+        if depth is None:
+            region = np.ones(hu.shape, dtype=bool)
+            return self.crop_knn(hu, region, spacing) / np.float32(self.unit_crop), region
+        region = lung_region_mask(hu, spacing)
+        return self.knn(hu, region, spacing, depth=depth) / np.float32(self.unit), region
+
+    def model_term(self, model_map: torch.Tensor) -> torch.Tensor:
+        """The model map in units of its normal threshold: ``2 * sigmoid((map - threshold) / scale)``."""
+        return 2.0 * torch.sigmoid((torch.as_tensor(model_map).float() - self.model_threshold) / self.model_scale)
+
+    def __call__(self, model_map: torch.Tensor, term: np.ndarray, region: np.ndarray) -> torch.Tensor:
+        """The fused map ``(*S)`` or ``(1, *S)``: the mean of both terms inside ``region``, the model term outside."""
+        m = self.model_term(model_map)
+        d = torch.as_tensor(np.asarray(term, dtype=np.float32), device=m.device)
+        r = torch.as_tensor(np.asarray(region, dtype=bool), device=m.device)
+        if tuple(d.shape) != tuple(m.shape[-d.ndim :]) or d.shape != r.shape:
+            raise ValueError(f"descriptor term {tuple(d.shape)}, region {tuple(r.shape)} and map {tuple(m.shape)} differ in shape.")
+        return torch.where(r, 0.5 * (m + d), m)
+
+    # ------------------------------------------------------------------ storage
+    def to_dict(self) -> dict[str, Any]:
+        """Stored as ``calibration["fusion"]`` in the checkpoint (the bank as a numpy array)."""
+        return {
+            "kind": self.kind,
+            "unit": self.unit,
+            "unit_crop": self.unit_crop,
+            "unit_percentile": UNIT_PERCENTILE,
+            "model_threshold": self.model_threshold,
+            "model_scale": self.model_scale,
+            "hu_windows": self.hu_windows,
+            "knn": self.knn.state_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DescriptorFusion:
+        """Rebuild from :meth:`to_dict`.
+
+        Raises:
+            ValueError: another kind, or a missing entry.
+        """
+        if data.get("kind") != cls.kind:
+            raise ValueError(f"unknown fusion kind {data.get('kind')!r}; expected {cls.kind!r}.")
+        missing = [k for k in ("unit", "unit_crop", "model_threshold", "model_scale", "hu_windows", "knn") if k not in data]
+        if missing:
+            raise ValueError(f"the stored fusion is missing {missing}.")
+        return cls(
+            DescriptorKNN.from_dict(data["knn"]), data["unit"], data["unit_crop"], data["model_threshold"],
+            data["model_scale"], data["hu_windows"],
+        )

@@ -1,0 +1,153 @@
+"""Fusion of the model map with the descriptor memory (:mod:`monai_simsid.apps.fusion`), fitted on normals only."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from monai_simsid.apps.descriptor_knn import DescriptorKNN, lung_envelope_depth
+from monai_simsid.apps.fusion import DescriptorFusion, NoLungRegionError
+from monai_simsid.apps.normative import lung_depth_from_windows, normative_from_dict
+from monai_simsid.apps.rules import lung_region_mask
+from monai_simsid.handlers.calibration import CalibrationHandler, collect_normal_statistics
+from monai_simsid.inferers.anomaly import AnomalyInferer
+from monai_simsid.networks.nets.simsid import SimSIDOutput
+
+WINDOWS = [[-1000, -400], [-160, 240], [-1000, 500]]
+SPACING = (3.0, 3.0, 3.0)
+
+
+class _LungWindowModel(torch.nn.Module):
+    """Stand-in model whose map is its lung-window channel: bright on everything dense, as a weak model's is."""
+
+    def forward(self, x, region=None):
+        return SimSIDOutput(x, x[:, :1] + 1.0, x.flatten(1).mean(1))
+
+
+def _item(seed: int, radius_mm: float = 0.0):
+    from conftest import chest_with_nodule
+    from monai.data import MetaTensor
+
+    from monai_simsid.transforms import HUWindows
+    from monai_simsid.transforms.body.array import compute_body_mask
+
+    hu, nodule, affine, centre = chest_with_nodule(seed, radius_mm=radius_mm)
+    image = HUWindows(WINDOWS)(MetaTensor(torch.as_tensor(hu)[None], affine=torch.as_tensor(affine)))
+    body = torch.as_tensor(compute_body_mask(hu, SPACING))[None].float()
+    return {"image": image, "body": body}, hu, nodule, centre
+
+
+@pytest.fixture(scope="module")
+def calibrated(tmp_path_factory):
+    net, inferer = _LungWindowModel(), AnomalyInferer((16, 16, 16), sw_batch_size=2, overlap=0.25)
+    normals = [_item(s)[0] for s in range(3)]
+    kw = dict(
+        output_path=tmp_path_factory.mktemp("fusion") / "model.pt", bundle_name="b", bundle_version="0",
+        model_config={}, source="normals", normative_depth_windows=WINDOWS,
+    )
+    return net, inferer, normals, kw, CalibrationHandler(net, inferer, normals, descriptor_fusion=True, **kw)()
+
+
+def test_descriptor_memory_takes_a_precomputed_depth_and_drops_it():
+    _, hu, _, _ = _item(0)
+    region = lung_region_mask(hu, SPACING)
+    depth = lung_envelope_depth(hu, SPACING).reshape(hu.shape)
+    knn = DescriptorKNN(context="lung_depth", k=3, bank_size=500).fit([hu], [region], [SPACING])
+    np.testing.assert_allclose(knn(hu, region, SPACING, depth=depth), knn(hu, region, SPACING), rtol=1e-6)
+    assert not np.allclose(knn(hu, region, SPACING, depth=depth + 5.0), knn(hu, region, SPACING))  # it is used
+    with pytest.raises(ValueError, match="differ in shape"):
+        knn(hu, region, SPACING, depth=depth[:-1])
+    plain = knn.without_context()
+    assert plain.context is None and plain.num_features == knn.num_features - 1
+    np.testing.assert_array_equal(plain.bank, knn.bank[:, :-1])  # the same normal voxels, without their depth
+    with pytest.raises(RuntimeError, match="not fitted"):
+        DescriptorKNN().without_context()
+
+
+def test_fusion_is_fitted_on_the_normals_and_stored_with_the_calibration(calibrated):
+    net, inferer, normals, kw, cal = calibrated
+    fusion = DescriptorFusion.from_dict(cal["fusion"])
+    assert cal["fusion"]["kind"] == "descriptor_mean" and fusion.knn.context == "lung_depth"
+    # the descriptor unit is the 99.9th percentile of the normal distances over the normals' lung regions
+    depths = [lung_depth_from_windows(i["image"], WINDOWS, SPACING) for i in normals]
+    hus = [np.clip(_item(s)[1], -1000, 500) for s in range(3)]
+    regions = [lung_region_mask(h, SPACING) for h in hus]
+    dist = np.concatenate([fusion.knn(h, r, SPACING, depth=d)[r] for h, r, d in zip(hus, regions, depths)])
+    assert fusion.unit == pytest.approx(float(np.percentile(dist, 99.9)), rel=1e-5)
+    # the model term's unit is the threshold of the (depth-normalised) normal maps before fusion
+    normative = normative_from_dict(cal["normative"])
+    values = collect_normal_statistics(net, inferer, normals, depths=depths, normative=normative)[2]
+    assert fusion.model_threshold == pytest.approx(float(np.quantile(values, 1 - cal["voxel_fpr"])), rel=1e-5)
+    # the final thresholds are those of the fused normal maps: about 1 (both terms' units) at the voxel quantile
+    assert 0.5 < cal["voxel_threshold"] < 2.0
+    # a calibration set with another normal scan gives another bank (the fit reads its items)
+    other = CalibrationHandler(net, inferer, normals[:2] + [_item(4)[0]], descriptor_fusion=True, **kw)()
+    assert not np.array_equal(DescriptorFusion.from_dict(other["fusion"]).knn.bank, fusion.knn.bank)
+    assert "fusion" not in CalibrationHandler(net, inferer, normals, **kw)()
+    with pytest.raises(ValueError, match="normative_depth_windows"):
+        CalibrationHandler(net, inferer, normals, descriptor_fusion=True, **{**kw, "normative_depth_windows": None})
+
+
+def test_fused_map_is_the_mean_inside_the_lungs_and_the_model_term_outside(calibrated):
+    fusion = DescriptorFusion.from_dict(calibrated[-1]["fusion"])
+    model_map = torch.linspace(-3, 3, 8 * 8 * 8).reshape(8, 8, 8)
+    term = np.full((8, 8, 8), 3.0, np.float32)
+    region = np.zeros((8, 8, 8), bool)
+    region[:4] = True
+    fused = fusion(model_map, term, region)
+    m = 2.0 * torch.sigmoid((model_map - fusion.model_threshold) / fusion.model_scale)
+    assert torch.allclose(fused[:4], 0.5 * (m[:4] + 3.0)) and torch.allclose(fused[4:], m[4:])
+    assert float(fusion.model_term(torch.tensor(fusion.model_threshold))) == pytest.approx(1.0)  # 1 at its threshold
+    with pytest.raises(ValueError, match="differ in shape"):
+        fusion(model_map, term[:-1], region[:-1])
+
+
+def test_fusion_puts_a_nodule_above_the_dense_rim_that_every_normal_has(calibrated):
+    net, inferer, _, _, cal = calibrated
+    fusion = DescriptorFusion.from_dict(cal["fusion"])
+    item, hu, nodule, centre = _item(7, radius_mm=6.0)
+    depth = lung_depth_from_windows(item["image"], WINDOWS, SPACING)
+    term, region = fusion.descriptor_term(item["image"], SPACING, depth)
+    assert region[centre] and term[centre] > 1.0  # the nodule is beyond the normal descriptors' 99.9th percentile
+    rim = region & (depth < 0) & (hu > -100)  # dense tissue just outside the envelope: normal in every chest
+    assert rim.sum() > 20 and term[centre] > np.quantile(term[rim], 0.95)
+    # a crop (no lung envelope): the bank without the depth, over the whole input
+    crop_term, crop_region = fusion.descriptor_term(item["image"], SPACING)
+    assert crop_region.all() and crop_term[centre] > 1.0
+
+
+def test_fusion_round_trips_and_rejects_bad_state(calibrated):
+    state = calibrated[-1]["fusion"]
+    again = DescriptorFusion.from_dict(state)
+    assert again.to_dict()["unit"] == state["unit"] and np.array_equal(again.knn.bank, state["knn"]["bank"])
+    with pytest.raises(ValueError, match="kind"):
+        DescriptorFusion.from_dict({**state, "kind": "other"})
+    with pytest.raises(ValueError, match="missing"):
+        DescriptorFusion.from_dict({k: v for k, v in state.items() if k != "unit"})
+    with pytest.raises(ValueError, match="lung_depth"):
+        DescriptorFusion(again.crop_knn, 1.0, 1.0, 0.0, 1.0, WINDOWS)
+    with pytest.raises(ValueError, match="positive"):
+        DescriptorFusion(again.knn, 0.0, 1.0, 0.0, 1.0, WINDOWS)
+
+
+def test_normals_without_lungs_skip_the_fusion_with_a_warning(calibrated, caplog):
+    from monai.data import MetaTensor
+
+    from monai_simsid.transforms import HUWindows
+
+    net, inferer, _, kw, _ = calibrated
+    rng = np.random.default_rng(0)
+    affine = torch.diag(torch.tensor([3.0, 3.0, 3.0, 1.0]))
+    items = []
+    for _ in range(2):  # soft tissue only: no air inside the body
+        hu = rng.normal(40.0, 10.0, (24, 24, 24)).astype(np.float32)
+        image = HUWindows(WINDOWS)(MetaTensor(torch.as_tensor(hu)[None], affine=affine))
+        items.append({"image": image, "body": torch.ones((1, 24, 24, 24))})
+    with pytest.raises(NoLungRegionError):
+        DescriptorFusion.fit([i["image"] for i in items], WINDOWS, [SPACING] * 2, [np.zeros((24,) * 3)] * 2, 0.0, 1.0)
+    with caplog.at_level(logging.WARNING):
+        cal = CalibrationHandler(net, inferer, items, descriptor_fusion=True, **kw)()
+    assert "fusion" not in cal and "descriptor fusion skipped" in caplog.text
