@@ -11,9 +11,11 @@ network makes of it. :class:`DescriptorFusion` averages the two, each in units o
 - the descriptor term is the kNN distance divided by its 99.9th percentile over the normal scans' lung regions: 1 at
   that percentile, unbounded, so a mass far from every normal descriptor stands out.
 
-Inside the lung region (:func:`~monai_simsid.apps.rules.lung_region_mask`) the fused map is the mean of the two terms;
-outside it, where the descriptor memory has no normal bank, it is the model term alone. The weights are equal and
-nothing is tuned on lesions.
+The fused map is the mean of the two terms. The descriptor memory's normal bank holds lung-region voxels only
+(:func:`~monai_simsid.apps.rules.lung_region_mask`), so outside the lung region the descriptor term is its median over
+the normal lung regions: no evidence either way. The fused map of a normal scan then has the same baseline inside
+and outside the lungs, and outside them it ranks voxels as the model does. The weights are equal and nothing is
+tuned on lesions.
 
 Everything runs on the model grid, from HU read back from the widest input window
 (:func:`~monai_simsid.transforms.intensity.array.hu_from_windows`), with the same sub-sampled lung-envelope depth as
@@ -61,6 +63,7 @@ class DescriptorFusion:
         unit_crop: the same for the bank without the depth feature (inputs without a lung envelope).
         model_threshold, model_scale: the model map's voxel threshold and scale on the normal scans.
         hu_windows: the ``[[low, high], ...]`` HU windows of the model's input channels.
+        outside: the descriptor term outside the lung region: its median over the normal lung regions.
 
     Raises:
         ValueError: a memory without the depth context, or non-positive units or scale.
@@ -76,6 +79,7 @@ class DescriptorFusion:
         model_threshold: float,
         model_scale: float,
         hu_windows: Sequence[Sequence[float]],
+        outside: float = 0.0,
     ) -> None:
         if not isinstance(knn, DescriptorKNN) or not knn.is_fitted or knn.context != "lung_depth":
             raise ValueError("knn must be a fitted DescriptorKNN with the 'lung_depth' context.")
@@ -84,6 +88,9 @@ class DescriptorFusion:
                 f"unit, unit_crop and model_scale must be positive and model_threshold finite, got {unit}, "
                 f"{unit_crop}, {model_scale} and {model_threshold}."
             )
+        if not np.isfinite(outside) or outside < 0:
+            raise ValueError(f"outside must be a finite value >= 0, got {outside}.")
+        self.outside = float(outside)
         self.knn = knn
         self.crop_knn = knn.without_context()
         self.unit, self.unit_crop = float(unit), float(unit_crop)
@@ -131,8 +138,10 @@ class DescriptorFusion:
         crop_knn = knn.without_context()
         dist = [knn(hu, r, sp, depth=d) for hu, r, sp, d in zip(hus, regions, spacings, depths)]
         crop_dist = [crop_knn(hu, r, sp)[r] for hu, r, sp in zip(hus, regions, spacings)]
-        unit = _unit([d[r] for d, r in zip(dist, regions)])
-        fusion = cls(knn, unit, _unit(crop_dist), model_threshold, model_scale, hu_windows)
+        inside = np.concatenate([d[r] for d, r in zip(dist, regions)])
+        unit = _unit([inside])
+        outside = float(np.median(inside)) / unit
+        fusion = cls(knn, unit, _unit(crop_dist), model_threshold, model_scale, hu_windows, outside)
         return fusion, [(d / np.float32(unit), r) for d, r in zip(dist, regions)]
 
     # ------------------------------------------------------------------ maps
@@ -157,13 +166,14 @@ class DescriptorFusion:
         return 2.0 * torch.sigmoid((torch.as_tensor(model_map).float() - self.model_threshold) / self.model_scale)
 
     def __call__(self, model_map: torch.Tensor, term: np.ndarray, region: np.ndarray) -> torch.Tensor:
-        """The fused map ``(*S)`` or ``(1, *S)``: the mean of both terms inside ``region``, the model term outside."""
+        """The fused map ``(*S)`` or ``(1, *S)``: the mean of both terms, with the descriptor term's normal median
+        (:attr:`outside`) outside ``region``."""
         m = self.model_term(model_map)
         d = torch.as_tensor(np.asarray(term, dtype=np.float32), device=m.device)
         r = torch.as_tensor(np.asarray(region, dtype=bool), device=m.device)
         if tuple(d.shape) != tuple(m.shape[-d.ndim :]) or d.shape != r.shape:
             raise ValueError(f"descriptor term {tuple(d.shape)}, region {tuple(r.shape)} and map {tuple(m.shape)} differ in shape.")
-        return torch.where(r, 0.5 * (m + d), m)
+        return 0.5 * (m + torch.where(r, d, torch.tensor(self.outside, dtype=d.dtype, device=d.device)))
 
     # ------------------------------------------------------------------ storage
     def to_dict(self) -> dict[str, Any]:
@@ -173,6 +183,7 @@ class DescriptorFusion:
             "unit": self.unit,
             "unit_crop": self.unit_crop,
             "unit_percentile": UNIT_PERCENTILE,
+            "outside": self.outside,
             "model_threshold": self.model_threshold,
             "model_scale": self.model_scale,
             "hu_windows": self.hu_windows,
@@ -188,10 +199,12 @@ class DescriptorFusion:
         """
         if data.get("kind") != cls.kind:
             raise ValueError(f"unknown fusion kind {data.get('kind')!r}; expected {cls.kind!r}.")
-        missing = [k for k in ("unit", "unit_crop", "model_threshold", "model_scale", "hu_windows", "knn") if k not in data]
+        missing = [
+            k for k in ("unit", "unit_crop", "model_threshold", "model_scale", "hu_windows", "outside", "knn") if k not in data
+        ]
         if missing:
             raise ValueError(f"the stored fusion is missing {missing}.")
         return cls(
             DescriptorKNN.from_dict(data["knn"]), data["unit"], data["unit_crop"], data["model_threshold"],
-            data["model_scale"], data["hu_windows"],
+            data["model_scale"], data["hu_windows"], data["outside"],
         )

@@ -77,6 +77,7 @@ def test_fusion_is_fitted_on_the_normals_and_stored_with_the_calibration(calibra
     regions = [lung_region_mask(h, SPACING) for h in hus]
     dist = np.concatenate([fusion.knn(h, r, SPACING, depth=d)[r] for h, r, d in zip(hus, regions, depths)])
     assert fusion.unit == pytest.approx(float(np.percentile(dist, 99.9)), rel=1e-5)
+    assert fusion.outside == pytest.approx(float(np.median(dist)) / fusion.unit, rel=1e-5) and 0 < fusion.outside < 1
     # the model term's unit is the threshold of the (depth-normalised) normal maps before fusion
     normative = normative_from_dict(cal["normative"])
     values = collect_normal_statistics(net, inferer, normals, depths=depths, normative=normative)[2]
@@ -99,7 +100,8 @@ def test_fused_map_is_the_mean_inside_the_lungs_and_the_model_term_outside(calib
     region[:4] = True
     fused = fusion(model_map, term, region)
     m = 2.0 * torch.sigmoid((model_map - fusion.model_threshold) / fusion.model_scale)
-    assert torch.allclose(fused[:4], 0.5 * (m[:4] + 3.0)) and torch.allclose(fused[4:], m[4:])
+    # inside the region the mean of both terms; outside it the descriptor term is its normal median
+    assert torch.allclose(fused[:4], 0.5 * (m[:4] + 3.0)) and torch.allclose(fused[4:], 0.5 * (m[4:] + fusion.outside))
     assert float(fusion.model_term(torch.tensor(fusion.model_threshold))) == pytest.approx(1.0)  # 1 at its threshold
     with pytest.raises(ValueError, match="differ in shape"):
         fusion(model_map, term[:-1], region[:-1])
@@ -131,6 +133,8 @@ def test_fusion_round_trips_and_rejects_bad_state(calibrated):
         DescriptorFusion(again.crop_knn, 1.0, 1.0, 0.0, 1.0, WINDOWS)
     with pytest.raises(ValueError, match="positive"):
         DescriptorFusion(again.knn, 0.0, 1.0, 0.0, 1.0, WINDOWS)
+    with pytest.raises(ValueError, match="outside"):
+        DescriptorFusion(again.knn, 1.0, 1.0, 0.0, 1.0, WINDOWS, outside=-1.0)
 
 
 def test_normals_without_lungs_skip_the_fusion_with_a_warning(calibrated, caplog):
