@@ -178,6 +178,8 @@ class DescriptorKNN:
         self.bank: np.ndarray | None = None  # (n, num_features) descriptors divided by ``scale``
         self.scale: np.ndarray | None = None  # per-feature standard deviation over the normal descriptors
         self._tree: cKDTree | None = None
+        #: index (in fit order) of the scan each bank row came from; set by :meth:`fit_scans` (not stored)
+        self.bank_sources: np.ndarray | None = None
 
     @property
     def num_features(self) -> int:
@@ -226,20 +228,23 @@ class DescriptorKNN:
         rng = np.random.default_rng(self.seed)
         bank = np.zeros((0, self.num_features), dtype=np.float32)
         keys = np.zeros(0)
+        sources = np.zeros(0, dtype=np.int32)
         n_scans = n_voxels = 0
         for image, mask, spacing, *depth in scans:
             feats = _descriptors(image, spacing, mask, self.scales_mm, self.context, *depth)
-            n_scans, n_voxels = n_scans + 1, n_voxels + feats.shape[0]
             bank, keys = np.concatenate([bank, feats]), np.concatenate([keys, rng.random(feats.shape[0])])
+            sources = np.concatenate([sources, np.full(feats.shape[0], n_scans, dtype=np.int32)])
+            n_scans, n_voxels = n_scans + 1, n_voxels + feats.shape[0]
             if keys.size > self.bank_size:
                 keep = np.sort(np.argpartition(keys, self.bank_size - 1)[: self.bank_size])
-                bank, keys = bank[keep], keys[keep]
+                bank, keys, sources = bank[keep], keys[keep], sources[keep]
         if n_scans == 0:
             raise ValueError("no normal scan to fit on.")
         if n_voxels < self.k:
             raise ValueError(f"the normal masks hold {n_voxels} voxels; at least k={self.k} are needed.")
         scale = np.maximum(bank.astype(np.float64).std(axis=0), 1e-3)
         self._set(bank / scale, scale)
+        self.bank_sources = sources
         return self
 
     def _set(self, bank: np.ndarray, scale: np.ndarray) -> None:
@@ -274,6 +279,26 @@ class DescriptorKNN:
         out[mask] = scores
         return out
 
+    def leave_out(self, source: int) -> DescriptorKNN:
+        """The same memory without the bank rows of the ``source``-th fitted scan (same per-feature scale).
+
+        A scan's own voxels sit next to it in descriptor space, so its distances to a bank that holds them are
+        optimistic; distances to the bank of the other scans are those of a scan the memory has not seen.
+
+        Raises:
+            RuntimeError: when the memory was not fitted by :meth:`fit_scans` in this process.
+            ValueError: when fewer than ``k`` rows would remain.
+        """
+        if self.bank_sources is None:
+            raise RuntimeError("leave_out needs the scan of each bank row: fit the memory with fit() or fit_scans().")
+        keep = self.bank_sources != int(source)
+        if int(keep.sum()) < self.k:
+            raise ValueError(f"leaving out scan {source} keeps {int(keep.sum())} bank rows; at least k={self.k} are needed.")
+        out = DescriptorKNN(self.scales_mm, k=self.k, bank_size=self.bank_size, seed=self.seed, context=self.context)
+        out._set(self.bank[keep], self.scale)
+        out.bank_sources = self.bank_sources[keep]
+        return out
+
     def without_context(self) -> DescriptorKNN:
         """The same fitted bank with the context feature dropped: a memory for voxels without a lung envelope (e.g.
         a crop inside the lung), drawn from the same normal voxels."""
@@ -282,6 +307,7 @@ class DescriptorKNN:
         out = DescriptorKNN(self.scales_mm, k=self.k, bank_size=self.bank_size, seed=self.seed, context=None)
         n = len(self.scales_mm)
         out._set(self.bank[:, :n], self.scale[:n])
+        out.bank_sources = self.bank_sources
         return out
 
     def state_dict(self) -> dict[str, Any]:

@@ -26,6 +26,7 @@ Everything comes from normal scans only.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -37,6 +38,8 @@ from monai_simsid.apps.rules import lung_region_mask
 from monai_simsid.transforms.intensity.array import hu_from_windows
 
 __all__ = ["DescriptorFusion", "NoLungRegionError"]
+
+logger = logging.getLogger(__name__)
 
 #: percentile of the normal descriptor distances that is the descriptor term's unit
 UNIT_PERCENTILE = 99.9
@@ -107,9 +110,17 @@ class DescriptorFusion:
         depths: Sequence[np.ndarray],
         model_threshold: float,
         model_scale: float,
+        in_bank: Sequence[bool] | None = None,
+        calibrate: Sequence[bool] | None = None,
         **knn_args: Any,
     ) -> tuple[DescriptorFusion, list[tuple[np.ndarray, np.ndarray]]]:
-        """Fit the memory on normal model-space images and set both units from the same scans.
+        """Fit the memory on normal model-space images and set both units from normal scans.
+
+        The bank holds the lung-region voxels of the ``in_bank`` scans (e.g. the training normals); the units come
+        from the ``calibrate`` scans (e.g. the validation normals). A scan that is in both is scored against the
+        bank of the *other* bank scans (:meth:`~monai_simsid.apps.descriptor_knn.DescriptorKNN.leave_out`): its own
+        voxels would sit next to it and make the units, and so every threshold, optimistic. With a single bank scan
+        that is also the calibration scan there is no other, and a warning says the units are optimistic.
 
         Args:
             images: normal images ``(C, X, Y, Z)``, one channel per window of ``hu_windows``.
@@ -118,31 +129,55 @@ class DescriptorFusion:
             depths: their lung-envelope depths ``(X, Y, Z)`` (see
                 :func:`~monai_simsid.apps.normative.lung_depth_from_windows`).
             model_threshold, model_scale: see the class.
+            in_bank, calibrate: per image, whether its voxels fill the bank and whether it sets the units (default:
+                every image does both).
             knn_args: for :class:`~monai_simsid.apps.descriptor_knn.DescriptorKNN` (``k``, ``bank_size``, ``seed``).
 
         Returns:
-            the fusion, and each image's ``(descriptor term, lung region)`` (see :meth:`descriptor_term`), so that
-            the normal maps can be fused without a second search.
+            the fusion, and each ``calibrate`` image's ``(descriptor term, lung region)`` (see :meth:`descriptor_term`,
+            with the bank its units were measured with), so that the normal maps can be fused without a second search.
 
         Raises:
-            NoLungRegionError: no normal scan has a lung region.
-            ValueError: mismatching inputs.
+            NoLungRegionError: no bank scan has a lung region.
+            ValueError: mismatching inputs, or no bank or calibration scan.
         """
-        if not (len(images) == len(spacings) == len(depths)) or not images:
-            raise ValueError(f"need as many images, spacings and depths (at least one), got {len(images)}, {len(spacings)} and {len(depths)}.")
+        n = len(images)
+        in_bank = [True] * n if in_bank is None else [bool(b) for b in in_bank]
+        calibrate = [True] * n if calibrate is None else [bool(c) for c in calibrate]
+        if not n or not (n == len(spacings) == len(depths) == len(in_bank) == len(calibrate)):
+            raise ValueError(
+                f"need as many images, spacings, depths and flags (at least one), got {n}, {len(spacings)}, "
+                f"{len(depths)}, {len(in_bank)} and {len(calibrate)}."
+            )
+        if not any(in_bank) or not any(calibrate):
+            raise ValueError("need at least one bank scan and one calibration scan.")
         hus = [hu_from_windows(img, hu_windows)[0].astype(np.float32) for img in images]
         regions = [lung_region_mask(hu, sp) for hu, sp in zip(hus, spacings)]
-        if not any(r.any() for r in regions):
+        bank_scans = [i for i in range(n) if in_bank[i] and regions[i].any()]
+        if not bank_scans:
             raise NoLungRegionError("the normal scans have no lung region: the descriptor fusion needs chest CT.")
-        knn = DescriptorKNN(context="lung_depth", **knn_args).fit_scans(zip(hus, regions, spacings, depths))
-        crop_knn = knn.without_context()
-        dist = [knn(hu, r, sp, depth=d) for hu, r, sp, d in zip(hus, regions, spacings, depths)]
-        crop_dist = [crop_knn(hu, r, sp)[r] for hu, r, sp in zip(hus, regions, spacings)]
-        inside = np.concatenate([d[r] for d, r in zip(dist, regions)])
+        knn = DescriptorKNN(context="lung_depth", **knn_args).fit_scans(
+            (hus[i], regions[i], spacings[i], depths[i]) for i in bank_scans
+        )
+        if not any(regions[i].any() for i in range(n) if calibrate[i]):
+            raise NoLungRegionError("the calibration scans have no lung region: the descriptor fusion needs chest CT.")
+        memories = {}
+        for i in (i for i in range(n) if calibrate[i]):
+            if i in bank_scans and len(bank_scans) > 1:
+                memories[i] = knn.leave_out(bank_scans.index(i))
+            else:
+                if i in bank_scans:
+                    logger.warning(
+                        "descriptor fusion: one normal scan fills the bank and sets the units; its own voxels are in "
+                        "the bank, so the thresholds are optimistic (give more normal scans)."
+                    )
+                memories[i] = knn
+        dist = {i: m(hus[i], regions[i], spacings[i], depth=depths[i]) for i, m in memories.items()}
+        inside = np.concatenate([dist[i][regions[i]] for i in memories])
+        crop = [m.without_context()(hus[i], regions[i], spacings[i])[regions[i]] for i, m in memories.items()]
         unit = _unit([inside])
-        outside = float(np.median(inside)) / unit
-        fusion = cls(knn, unit, _unit(crop_dist), model_threshold, model_scale, hu_windows, outside)
-        return fusion, [(d / np.float32(unit), r) for d, r in zip(dist, regions)]
+        fusion = cls(knn, unit, _unit(crop), model_threshold, model_scale, hu_windows, float(np.median(inside)) / unit)
+        return fusion, [(dist[i] / np.float32(unit), regions[i]) for i in memories]
 
     # ------------------------------------------------------------------ maps
     def descriptor_term(

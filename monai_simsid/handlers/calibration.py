@@ -86,6 +86,13 @@ def collect_normal_statistics(
     return out
 
 
+def _source(item: Mapping[str, Any]) -> Any:
+    """What identifies a preprocessed scan: its source file (from the image's metadata), else the item itself."""
+    meta = getattr(item.get("image"), "meta", None) or {}
+    name = meta.get("filename_or_obj")
+    return str(name) if name else id(item)
+
+
 class CalibrationHandler:
     """At the end of training, calibrate on normal scans and write ``model.pt`` (weights + calibration + meta).
 
@@ -116,6 +123,9 @@ class CalibrationHandler:
             own normal threshold sets its unit, then thresholds and scan scores are computed on the fused normal
             maps. Needs ``normative_depth_windows`` (chest CT); costs one more pass over the normal scans and a kNN
             search over their lung regions. Normal scans without lungs (not chest CT) skip it with a warning.
+        bank_items: preprocessed normal scans whose lung voxels fill the descriptor bank (e.g. the training
+            normals); default: ``items``. A scan in both (same source file) is scored against the bank of the other
+            scans when the units are set (see :meth:`~monai_simsid.apps.fusion.DescriptorFusion.fit`).
     """
 
     def __init__(
@@ -136,6 +146,7 @@ class CalibrationHandler:
         normative_grid: Sequence[int] | None = None,
         normative_depth_windows: Sequence[Sequence[float]] | None = None,
         descriptor_fusion: bool = False,
+        bank_items: Sequence[Mapping[str, Any]] | None = None,
     ) -> None:
         if score_method not in SCORE_METHODS:
             raise ValueError(f"score_method must be one of {SCORE_METHODS}, got {score_method!r}.")
@@ -164,7 +175,24 @@ class CalibrationHandler:
         self.descriptor_fusion = bool(descriptor_fusion)
         if self.descriptor_fusion and self.normative_depth_windows is None:
             raise ValueError("descriptor_fusion needs normative_depth_windows (the lung-envelope depth of chest CT).")
+        self.bank_items = list(bank_items) if bank_items else None
         self.calibration: dict[str, Any] | None = None
+
+    def _fit_fusion(self, depths: list[np.ndarray], v_thr: float, v_scale: float) -> tuple[DescriptorFusion, list]:
+        """The descriptor fusion: bank from ``bank_items`` (default: the calibration items), units from the
+        calibration items (their terms come back in their order)."""
+        bank = self.items if self.bank_items is None else self.bank_items
+        keys = [_source(i) for i in self.items]
+        extra = [i for i in bank if _source(i) not in keys]
+        bank_keys = {_source(i) for i in bank}
+        images = [i["image"] for i in self.items + extra]
+        spacings = [affine_spacing(getattr(img, "affine", None)) for img in images]
+        extra_depths = [lung_depth_from_windows(i["image"], self.normative_depth_windows, sp) for i, sp in zip(extra, spacings[len(self.items):])]
+        return DescriptorFusion.fit(
+            images, self.normative_depth_windows, spacings, list(depths) + extra_depths, v_thr, v_scale,
+            in_bank=[k in bank_keys for k in keys] + [True] * len(extra),
+            calibrate=[True] * len(self.items) + [False] * len(extra),
+        )
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.COMPLETED, self)
@@ -197,10 +225,7 @@ class CalibrationHandler:
             )[:3]
             v_thr, _, v_scale = voxel_statistics(values, self.voxel_fpr)
             try:
-                fusion, terms = DescriptorFusion.fit(
-                    [i["image"] for i in self.items], self.normative_depth_windows,
-                    [affine_spacing(getattr(i["image"], "affine", None)) for i in self.items], depths, v_thr, v_scale,
-                )
+                fusion, terms = self._fit_fusion(depths, v_thr, v_scale)
                 fuse = [functools.partial(fusion, term=t, region=r) for t, r in terms]
             except NoLungRegionError as err:  # e.g. abdominal or head CT: the model's map alone, as without fusion
                 logger.warning("descriptor fusion skipped: %s", err)

@@ -60,6 +60,17 @@ def test_descriptor_memory_takes_a_precomputed_depth_and_drops_it():
     assert not np.allclose(knn(hu, region, SPACING, depth=depth + 5.0), knn(hu, region, SPACING))  # it is used
     with pytest.raises(ValueError, match="differ in shape"):
         knn(hu, region, SPACING, depth=depth[:-1])
+    # leave one scan out: the bank without that scan's rows, same scale
+    two = DescriptorKNN(context="lung_depth", k=3, bank_size=800).fit([hu, _item(1)[1]], [region, lung_region_mask(_item(1)[1], SPACING)], [SPACING] * 2)
+    assert set(np.unique(two.bank_sources)) == {0, 1}
+    rest = two.leave_out(0)
+    assert len(rest.bank) == int((two.bank_sources == 1).sum()) and np.array_equal(rest.scale, two.scale)
+    # a scan's distances to a bank holding its own voxels are smaller than to the bank of the other scan
+    assert two(hu, region, SPACING)[region].mean() < rest(hu, region, SPACING)[region].mean()
+    with pytest.raises(RuntimeError, match="fit"):
+        DescriptorKNN.from_dict(two.state_dict()).leave_out(0)  # a stored memory does not know its rows' scans
+    with pytest.raises(ValueError, match="bank rows"):
+        DescriptorKNN(context="lung_depth", k=3, bank_size=800).fit([hu], [region], [SPACING]).leave_out(0)
     plain = knn.without_context()
     assert plain.context is None and plain.num_features == knn.num_features - 1
     np.testing.assert_array_equal(plain.bank, knn.bank[:, :-1])  # the same normal voxels, without their depth
@@ -76,8 +87,16 @@ def test_fusion_is_fitted_on_the_normals_and_stored_with_the_calibration(calibra
     hus = [np.clip(_item(s)[1], -1000, 500) for s in range(3)]
     regions = [lung_region_mask(h, SPACING) for h in hus]
     dist = np.concatenate([fusion.knn(h, r, SPACING, depth=d)[r] for h, r, d in zip(hus, regions, depths)])
+    # each normal is scored against the bank of the other normals (its own voxels would make the units optimistic)
+    refit = DescriptorKNN(context="lung_depth").fit_scans(zip(hus, regions, [SPACING] * 3, depths))
+    np.testing.assert_allclose(refit.bank, fusion.knn.bank, atol=1e-5)  # the stored bank: the normals' lung voxels
+    dist = np.concatenate(
+        [refit.leave_out(n)(h, r, SPACING, depth=d)[r] for n, (h, r, d) in enumerate(zip(hus, regions, depths))]
+    )
     assert fusion.unit == pytest.approx(float(np.percentile(dist, 99.9)), rel=1e-5)
     assert fusion.outside == pytest.approx(float(np.median(dist)) / fusion.unit, rel=1e-5) and 0 < fusion.outside < 1
+    in_sample = np.concatenate([fusion.knn(h, r, SPACING, depth=d)[r] for h, r, d in zip(hus, regions, depths)])
+    assert fusion.unit > float(np.percentile(in_sample, 99.9))
     # the model term's unit is the threshold of the (depth-normalised) normal maps before fusion
     normative = normative_from_dict(cal["normative"])
     values = collect_normal_statistics(net, inferer, normals, depths=depths, normative=normative)[2]
@@ -87,6 +106,18 @@ def test_fusion_is_fitted_on_the_normals_and_stored_with_the_calibration(calibra
     # a calibration set with another normal scan gives another bank (the fit reads its items)
     other = CalibrationHandler(net, inferer, normals[:2] + [_item(4)[0]], descriptor_fusion=True, **kw)()
     assert not np.array_equal(DescriptorFusion.from_dict(other["fusion"]).knn.bank, fusion.knn.bank)
+    # the bank from other normals (e.g. the training scans), the units from the calibration normals
+    bank = [_item(s)[0] for s in (4, 5)]
+    split = CalibrationHandler(net, inferer, normals, descriptor_fusion=True, bank_items=bank, **kw)()
+    split_fusion = DescriptorFusion.from_dict(split["fusion"])
+    hu4, hu5 = (np.clip(_item(s)[1], -1000, 500) for s in (4, 5))
+    ref = DescriptorKNN(context="lung_depth").fit_scans(
+        (h, lung_region_mask(h, SPACING), SPACING, lung_depth_from_windows(b["image"], WINDOWS, SPACING))
+        for h, b in zip((hu4, hu5), bank)
+    )
+    np.testing.assert_allclose(split_fusion.knn.bank, ref.bank, atol=1e-5)
+    full = np.concatenate([ref(h, r, SPACING, depth=d)[r] for h, r, d in zip(hus, regions, depths)])
+    assert split_fusion.unit == pytest.approx(float(np.percentile(full, 99.9)), rel=1e-5)  # nothing left out
     assert "fusion" not in CalibrationHandler(net, inferer, normals, **kw)()
     with pytest.raises(ValueError, match="normative_depth_windows"):
         CalibrationHandler(net, inferer, normals, descriptor_fusion=True, **{**kw, "normative_depth_windows": None})
