@@ -1,4 +1,4 @@
-"""Fusion of a model's anomaly map with the normative descriptor memory, both fitted on the same normal scans.
+"""Fusion of a model's anomaly map with the normative descriptor memory, both fitted on normal scans only.
 
 A reconstruction map and the descriptor memory (:class:`~monai_simsid.apps.descriptor_knn.DescriptorKNN`) fail in
 different places. On real chest CT the model's map is bright on the pleural rim and on vessels that it reconstructs
@@ -212,7 +212,10 @@ class DescriptorFusion:
 
     # ------------------------------------------------------------------ storage
     def to_dict(self) -> dict[str, Any]:
-        """Stored as ``calibration["fusion"]`` in the checkpoint (the bank as a numpy array)."""
+        """Stored as ``calibration["fusion"]`` in the checkpoint. The bank and its scale are torch tensors, so that
+        ``torch.load(..., weights_only=True)`` (e.g. MONAI's ``ckpt_export``) still reads the checkpoint."""
+        knn = self.knn.state_dict()
+        knn.update(bank=torch.from_numpy(knn["bank"]), scale=torch.from_numpy(knn["scale"]))
         return {
             "kind": self.kind,
             "unit": self.unit,
@@ -222,7 +225,7 @@ class DescriptorFusion:
             "model_threshold": self.model_threshold,
             "model_scale": self.model_scale,
             "hu_windows": self.hu_windows,
-            "knn": self.knn.state_dict(),
+            "knn": knn,
         }
 
     @classmethod

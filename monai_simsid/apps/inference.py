@@ -552,8 +552,8 @@ class AnomalyPredictor(CalibratedMapPredictor):
         normative = self.calibration.get("normative")
         self.normative = normative_from_dict(normative) if normative else None
         self.normative_positions = self.preprocessing_settings.get("body_mode", "threshold") != "whole"
-        # fusion with the descriptor memory fitted on the same normals (see DescriptorFusion); a crop uses its bank
-        # without the depth feature over the whole input
+        # fusion with the descriptor memory fitted at calibration on normal scans (see DescriptorFusion); a crop uses
+        # its bank without the depth feature over the whole input
         fusion = self.calibration.get("fusion")
         self.fusion = DescriptorFusion.from_dict(fusion) if fusion else None
 
@@ -571,8 +571,10 @@ class AnomalyPredictor(CalibratedMapPredictor):
         image = prepared.pop("image")
         spacing = affine_spacing(prepared["model_affine"])
         depth = None
-        if (isinstance(self.normative, LungDepthNormativeMap) or self.fusion is not None) and self.normative_positions:
+        depth_normative = isinstance(self.normative, LungDepthNormativeMap)
+        if (depth_normative or self.fusion is not None) and self.normative_positions:
             depth = lung_depth_from_windows(image, input_hu_windows(self.preprocessing_settings), spacing)
+        if depth_normative:
             prepared["lung_depth"] = depth
         if self.fusion is not None:
             prepared["descriptor"] = self.fusion.descriptor_term(image, spacing, depth)

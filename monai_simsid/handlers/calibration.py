@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
-import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -118,7 +118,7 @@ class CalibrationHandler:
         normative_depth_windows: if given (the HU windows of the image channels), fit a
             :class:`~monai_simsid.apps.normative.LungDepthNormativeMap` instead: statistics per depth in the lung
             envelope (for chest CT). Exclusive with ``normative_grid``.
-        descriptor_fusion: fuse the (normalised) map with a descriptor memory fitted on the same normal scans (see
+        descriptor_fusion: fuse the (normalised) map with a descriptor memory fitted on normal scans (see
             :class:`~monai_simsid.apps.fusion.DescriptorFusion`; stored as ``calibration["fusion"]``): the model map's
             own normal threshold sets its unit, then thresholds and scan scores are computed on the fused normal
             maps. Needs ``normative_depth_windows`` (chest CT); costs one more pass over the normal scans and a kNN
@@ -187,7 +187,10 @@ class CalibrationHandler:
         bank_keys = {_source(i) for i in bank}
         images = [i["image"] for i in self.items + extra]
         spacings = [affine_spacing(getattr(img, "affine", None)) for img in images]
-        extra_depths = [lung_depth_from_windows(i["image"], self.normative_depth_windows, sp) for i, sp in zip(extra, spacings[len(self.items):])]
+        extra_depths = [
+            lung_depth_from_windows(i["image"], self.normative_depth_windows, sp)
+            for i, sp in zip(extra, spacings[len(self.items) :])
+        ]
         return DescriptorFusion.fit(
             images, self.normative_depth_windows, spacings, list(depths) + extra_depths, v_thr, v_scale,
             in_bank=[k in bank_keys for k in keys] + [True] * len(extra),

@@ -152,10 +152,14 @@ def test_fusion_puts_a_nodule_above_the_dense_rim_that_every_normal_has(calibrat
     assert crop_region.all() and crop_term[centre] > 1.0
 
 
-def test_fusion_round_trips_and_rejects_bad_state(calibrated):
+def test_fusion_round_trips_and_rejects_bad_state(calibrated, tmp_path):
     state = calibrated[-1]["fusion"]
+    # the checkpoint stays readable with weights_only=True (MONAI's ckpt_export loads it that way)
+    torch.save({"calibration": {"fusion": state}}, tmp_path / "c.pt")
+    loaded = torch.load(tmp_path / "c.pt", weights_only=True)["calibration"]["fusion"]
+    assert DescriptorFusion.from_dict(loaded).unit == state["unit"]
     again = DescriptorFusion.from_dict(state)
-    assert again.to_dict()["unit"] == state["unit"] and np.array_equal(again.knn.bank, state["knn"]["bank"])
+    assert again.to_dict()["unit"] == state["unit"] and np.array_equal(again.knn.bank, state["knn"]["bank"].numpy())
     with pytest.raises(ValueError, match="kind"):
         DescriptorFusion.from_dict({**state, "kind": "other"})
     with pytest.raises(ValueError, match="missing"):
