@@ -61,7 +61,10 @@ def test_descriptor_memory_takes_a_precomputed_depth_and_drops_it():
     with pytest.raises(ValueError, match="differ in shape"):
         knn(hu, region, SPACING, depth=depth[:-1])
     # leave one scan out: the bank without that scan's rows, same scale
-    two = DescriptorKNN(context="lung_depth", k=3, bank_size=800).fit([hu, _item(1)[1]], [region, lung_region_mask(_item(1)[1], SPACING)], [SPACING] * 2)
+    hu1 = _item(1)[1]
+    two = DescriptorKNN(context="lung_depth", k=3, bank_size=800).fit(
+        [hu, hu1], [region, lung_region_mask(hu1, SPACING)], [SPACING] * 2
+    )
     assert set(np.unique(two.bank_sources)) == {0, 1}
     rest = two.leave_out(0)
     assert len(rest.bank) == int((two.bank_sources == 1).sum()) and np.array_equal(rest.scale, two.scale)
@@ -82,12 +85,11 @@ def test_fusion_is_fitted_on_the_normals_and_stored_with_the_calibration(calibra
     net, inferer, normals, kw, cal = calibrated
     fusion = DescriptorFusion.from_dict(cal["fusion"])
     assert cal["fusion"]["kind"] == "descriptor_mean" and fusion.knn.context == "lung_depth"
-    # the descriptor unit is the 99.9th percentile of the normal distances over the normals' lung regions
+    # the descriptor unit is the 99.9th percentile of the normal distances over the normals' lung regions, each normal
+    # scored against the bank of the other normals (its own voxels would make the units optimistic)
     depths = [lung_depth_from_windows(i["image"], WINDOWS, SPACING) for i in normals]
     hus = [np.clip(_item(s)[1], -1000, 500) for s in range(3)]
     regions = [lung_region_mask(h, SPACING) for h in hus]
-    dist = np.concatenate([fusion.knn(h, r, SPACING, depth=d)[r] for h, r, d in zip(hus, regions, depths)])
-    # each normal is scored against the bank of the other normals (its own voxels would make the units optimistic)
     refit = DescriptorKNN(context="lung_depth").fit_scans(zip(hus, regions, [SPACING] * 3, depths))
     np.testing.assert_allclose(refit.bank, fusion.knn.bank, atol=1e-5)  # the stored bank: the normals' lung voxels
     dist = np.concatenate(
@@ -123,7 +125,7 @@ def test_fusion_is_fitted_on_the_normals_and_stored_with_the_calibration(calibra
         CalibrationHandler(net, inferer, normals, descriptor_fusion=True, **{**kw, "normative_depth_windows": None})
 
 
-def test_fused_map_is_the_mean_inside_the_lungs_and_the_model_term_outside(calibrated):
+def test_fused_map_is_the_mean_of_both_terms_with_the_normal_median_outside_the_lungs(calibrated):
     fusion = DescriptorFusion.from_dict(calibrated[-1]["fusion"])
     model_map = torch.linspace(-3, 3, 8 * 8 * 8).reshape(8, 8, 8)
     term = np.full((8, 8, 8), 3.0, np.float32)
