@@ -29,6 +29,8 @@ Parts (each method runs on the same data, in the file's voxel grid reoriented to
 
 ``lung_window_constant`` is a control for learned lung-window maps: ``|x - c|`` in the lung window, the error map of a
 model that reconstructs the constant -850 HU (:func:`monai_simsid.apps.rules.lung_window_constant_map`).
+``lung_window_constant+descriptor_knn_depth`` and ``intensity_rule+descriptor_knn_depth`` are controls for simsid_ct's
+descriptor fusion: the same mean with the descriptor memory, with a map that needs no model in place of the model's.
 
 Adding a method
 ---------------
@@ -72,6 +74,7 @@ from monai_simsid.apps.rules import (
     lung_region_mask,
     lung_window_constant_map,
 )
+from monai_simsid.apps.calibration import voxel_statistics
 from monai_simsid.apps.descriptor_knn import DescriptorKNN
 from monai_simsid.export.report import to_jsonable
 from monai_simsid.metrics import compute_best_dice, compute_sample_auroc, compute_voxel_ap, compute_voxel_auroc
@@ -217,6 +220,32 @@ def _descriptor_knn_depth(ctx: BenchmarkContext) -> MapFn:
     return (_descriptor_knn if ctx.region == "crop" else _descriptor_knn_depth_scans)(ctx)
 
 
+def _fused_with_descriptor(name: str, base: Callable[[BenchmarkContext], MapFn]) -> Callable[[BenchmarkContext], MapFn]:
+    """Factory of the mean of a map that needs no model and ``descriptor_knn_depth``, in the form of simsid_ct's
+    descriptor fusion (:class:`~monai_simsid.apps.fusion.DescriptorFusion`): the base map as
+    ``2 * sigmoid((b - t) / s)``, with ``t`` and ``s`` its voxel threshold and scale over the training normals' lung
+    regions (:func:`~monai_simsid.apps.calibration.voxel_statistics`), averaged with the descriptor map in units of its
+    normal 99.9th percentile. A control for the fused SimSID-3D map: what the fusion gives without a model."""
+
+    def factory(ctx: BenchmarkContext) -> MapFn:
+        base_fn, desc_fn = base(ctx), _descriptor_knn_depth(ctx)
+        key = (name, tuple(str(p) for p in ctx.training_paths))
+        if key not in ctx.cache:
+            values = np.concatenate([base_fn(None, i, None, s)[m] for i, m, s in ctx.training_data()])
+            t, _, scale = voxel_statistics(values, 0.001)
+            ctx.cache[key] = (t, scale)
+        t, scale = ctx.cache[key]
+
+        def fn(path, image_hu, affine, spacing):
+            b = base_fn(path, image_hu, affine, spacing).astype(np.float64)
+            term = 2.0 / (1.0 + np.exp(-np.clip((b - t) / scale, -50.0, 50.0)))
+            return (0.5 * (term + desc_fn(path, image_hu, affine, spacing))).astype(np.float32)
+
+        return fn
+
+    return factory
+
+
 #: method name -> factory ``(BenchmarkContext) -> MapFn``.
 METHODS: dict[str, Callable[[BenchmarkContext], MapFn]] = {
     "intensity_rule": _intensity_rule,
@@ -224,6 +253,8 @@ METHODS: dict[str, Callable[[BenchmarkContext], MapFn]] = {
     "local_zscore": _local_zscore,
     "descriptor_knn": _descriptor_knn,
     "descriptor_knn_depth": _descriptor_knn_depth,
+    "lung_window_constant+descriptor_knn_depth": _fused_with_descriptor("constant_fused", _lung_window_constant),
+    "intensity_rule+descriptor_knn_depth": _fused_with_descriptor("rule_fused", _intensity_rule),
 }
 
 

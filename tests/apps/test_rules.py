@@ -180,6 +180,29 @@ def test_benchmark_normal_fitted_methods_share_a_scale(phantom):
     assert fits == [2]  # fitted once per set of training scans (cached in the context)
 
 
+def test_benchmark_fused_controls_are_the_mean_of_the_rule_term_and_the_descriptor(phantom):
+    """``intensity_rule+descriptor_knn_depth``: 2 * sigmoid of the rule in units of its normal threshold, averaged with
+    the descriptor map; both statistics come from the training normals only."""
+    bench = _benchmark_module()
+    case, img, lesion, lung = phantom
+    sp = tuple(case.spacing)
+    normal = case.image.astype(np.float32)  # the phantom before its lesion was inserted
+    ctx = bench.BenchmarkContext(Path("."), [Path("a.nii.gz"), Path("b.nii.gz")])
+    for p in ctx.training_paths:
+        ctx.cache[("normal", str(p))] = (normal, bench.lung_region_mask(normal, sp), sp, np.eye(4))
+    fused = bench.resolve_method("intensity_rule+descriptor_knn_depth")(ctx)(Path("x.nii.gz"), img, np.eye(4), sp)
+    rule = bench.resolve_method("intensity_rule")(ctx)(Path("x.nii.gz"), img, np.eye(4), sp).astype(np.float64)
+    desc = bench.resolve_method("descriptor_knn_depth")(ctx)(Path("x.nii.gz"), img, np.eye(4), sp)
+    rule_fn = bench.resolve_method("intensity_rule")(ctx)
+    normal_rule = np.concatenate([rule_fn(None, n, None, s)[m] for n, m, s in ctx.training_data()])
+    t = float(np.quantile(normal_rule, 0.999))
+    scale = max((t - float(np.median(normal_rule))) / 4.0, 1e-6)
+    term = 2.0 / (1.0 + np.exp(-np.clip((rule - t) / scale, -50, 50)))
+    np.testing.assert_allclose(fused, 0.5 * (term + desc), rtol=1e-5, atol=1e-6)
+    assert fused[lesion].mean() > fused[lung & ~lesion].mean()  # the inserted nodule stands out
+    assert "lung_window_constant+descriptor_knn_depth" in bench.METHODS
+
+
 @pytest.mark.realdata
 @pytest.mark.skipif(not SHARED_CT.is_dir(), reason=f"real CT data not found at {SHARED_CT}")
 def test_benchmark_lung2_intensity_rule():
