@@ -97,17 +97,22 @@ def _is_normal(item: dict, label_key: str = "label") -> bool:
     return item.get(label_key) is None or float(torch.as_tensor(item[label_key]).sum()) == 0
 
 
-def load_calibration_items(datalist: str | os.PathLike, preprocessing: Callable) -> tuple[list[dict], str]:
+def load_calibration_items(
+    datalist: str | os.PathLike, preprocessing: Callable, training_items: Sequence[dict] | None = None
+) -> tuple[list[dict], str]:
     """Preprocessed normal scans of a datalist for calibration, as :func:`select_calibration_items` picks them.
 
-    The validation section's normal scans when it has any; otherwise the training scans (only then are they loaded).
+    The validation section's normal scans when it has any; otherwise the training scans (only then are they loaded,
+    unless ``training_items`` gives them already preprocessed).
     """
     from monai_simsid.data.datalist import load_datalist
 
     val = preprocess_all(load_datalist(datalist, "validation", missing_ok=True), preprocessing)
     if any(_is_normal(i) for i in val):
         return select_calibration_items(val, [])
-    return select_calibration_items([], preprocess_all(load_datalist(datalist, "training"), preprocessing))
+    if training_items is None:
+        training_items = preprocess_all(load_datalist(datalist, "training"), preprocessing)
+    return select_calibration_items([], training_items)
 
 
 def select_calibration_items(val_items: Sequence[dict], train_items: Sequence[dict], label_key: str = "label") -> tuple[list[dict], str]:

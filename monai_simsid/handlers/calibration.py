@@ -222,11 +222,11 @@ class CalibrationHandler:
             )
             normative = LungDepthNormativeMap.fit(values, voxel_depths)
         fusion, fuse = None, None
-        if self.descriptor_fusion:
-            _, _, values = collect_normal_statistics(
-                self.network, self.inferer, self.items, device, self.topk_fraction, normative=normative, depths=depths
-            )[:3]
-            v_thr, _, v_scale = voxel_statistics(values, self.voxel_fpr)
+        if self.descriptor_fusion:  # (needs normative_depth_windows: the depth branch above has run)
+            # the model term's unit: the threshold of the normalised normal maps, read off the voxels sampled above
+            # (the same voxels a second pass would sample, normalised at their depths) without running the model again
+            normalised = normative(torch.as_tensor(values), voxel_depths).numpy()
+            v_thr, _, v_scale = voxel_statistics(normalised, self.voxel_fpr)
             try:
                 fusion, terms = self._fit_fusion(depths, v_thr, v_scale)
                 fuse = [functools.partial(fusion, term=t, region=r) for t, r in terms]
