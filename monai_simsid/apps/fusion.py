@@ -19,7 +19,12 @@ tuned on lesions.
 
 Everything runs on the model grid, from HU read back from the widest input window
 (:func:`~monai_simsid.transforms.intensity.array.hu_from_windows`), with the same sub-sampled lung-envelope depth as
-:class:`~monai_simsid.apps.normative.LungDepthNormativeMap`. A scan with a lung envelope uses the memory with the depth
+:class:`~monai_simsid.apps.normative.LungDepthNormativeMap`. The lung region is read off that depth (the envelope
+grown by 5 mm, as :func:`~monai_simsid.apps.rules.lung_region_mask` grows it), and the bank is searched on every
+second voxel per axis of a 1.5 mm grid (a search grid of about 3 mm, ``search_mm``) with the distances interpolated in
+between; both are about five times cheaper than a full-resolution region and search, and the units are measured the
+same way. A crop is small, so it is searched on every voxel (small nodules are a few voxels wide), and its unit comes
+from a full-resolution search of a random sample of the normal lung-region voxels. A scan with a lung envelope uses the memory with the depth
 feature; an input without a body frame (a crop inside the lung) uses the same bank without it, over the whole input.
 Everything comes from normal scans only.
 """
@@ -33,16 +38,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from monai_simsid.apps.descriptor_knn import DescriptorKNN
-from monai_simsid.apps.rules import lung_region_mask
+from monai_simsid.apps.descriptor_knn import DescriptorKNN, search_step
+from monai_simsid.apps.rules import LUNG_REGION_DILATION_MM, lung_region_mask
 from monai_simsid.transforms.intensity.array import hu_from_windows
 
-__all__ = ["DescriptorFusion", "NoLungRegionError"]
+__all__ = ["REGIONS", "DescriptorFusion", "NoLungRegionError"]
 
 logger = logging.getLogger(__name__)
 
 #: percentile of the normal descriptor distances that is the descriptor term's unit
 UNIT_PERCENTILE = 99.9
+#: how the lung region of a scan is found: ``"depth"`` reads it off the (sub-sampled) lung-envelope depth, ``"mask"``
+#: runs :func:`~monai_simsid.apps.rules.lung_region_mask` at full resolution (simsid_ct 0.7.0)
+REGIONS = ("depth", "mask")
+#: lung-region voxels per calibration scan (a seeded random sample) on which the crop unit is measured
+CROP_UNIT_VOXELS = 200_000
 
 
 class NoLungRegionError(ValueError):
@@ -57,19 +67,43 @@ def _unit(values: Sequence[np.ndarray]) -> float:
     return unit
 
 
+def _sample(mask: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """At most ``n`` voxels of ``mask``, drawn uniformly without replacement."""
+    idx = np.flatnonzero(mask)
+    out = np.zeros(mask.shape, dtype=bool)
+    out.flat[idx if idx.size <= n else rng.choice(idx, n, replace=False)] = True
+    return out
+
+
+def _lung_region(hu: np.ndarray, spacing: Sequence[float], depth: np.ndarray, region: str) -> np.ndarray:
+    """The lung region of a model-space scan: the lung envelope grown by 5 mm, read off its signed ``depth`` (mm) or
+    recomputed at full resolution."""
+    if region == "mask":
+        return lung_region_mask(hu, spacing)
+    depth = np.asarray(depth, dtype=np.float32)
+    if depth.shape != hu.shape:
+        raise ValueError(f"depth {depth.shape} and image {hu.shape} differ in shape.")
+    return depth >= -LUNG_REGION_DILATION_MM
+
+
 class DescriptorFusion:
     """Mean of a model's map and the descriptor memory's distance, each in units of its normal threshold.
 
     Args:
         knn: a fitted memory with the ``"lung_depth"`` context (see :meth:`fit`).
         unit: the 99.9th percentile of its distances over the normal lung regions.
-        unit_crop: the same for the bank without the depth feature (inputs without a lung envelope).
+        unit_crop: the same for the bank without the depth feature (inputs without a lung envelope), searched on every
+            voxel of a random sample of the normal lung regions.
         model_threshold, model_scale: the model map's voxel threshold and scale on the normal scans.
         hu_windows: the ``[[low, high], ...]`` HU windows of the model's input channels.
         outside: the descriptor term outside the lung region: its median over the normal lung regions.
+        search_mm: a scan with a lung envelope is searched on a grid of about this spacing
+            (:func:`~monai_simsid.apps.descriptor_knn.search_step`), the distances interpolated in between (``None``:
+            on every voxel); ``unit`` comes from the same search. A crop is always searched on every voxel.
+        region: how the lung region is found (one of :data:`REGIONS`).
 
     Raises:
-        ValueError: a memory without the depth context, or non-positive units or scale.
+        ValueError: a memory without the depth context, non-positive units or scale, or a bad step or region.
     """
 
     kind = "descriptor_mean"
@@ -83,6 +117,8 @@ class DescriptorFusion:
         model_scale: float,
         hu_windows: Sequence[Sequence[float]],
         outside: float = 0.0,
+        search_mm: float | None = 3.0,
+        region: str = "depth",
     ) -> None:
         if not isinstance(knn, DescriptorKNN) or not knn.is_fitted or knn.context != "lung_depth":
             raise ValueError("knn must be a fitted DescriptorKNN with the 'lung_depth' context.")
@@ -93,7 +129,13 @@ class DescriptorFusion:
             )
         if not np.isfinite(outside) or outside < 0:
             raise ValueError(f"outside must be a finite value >= 0, got {outside}.")
+        if search_mm is not None and not (np.isfinite(search_mm) and search_mm > 0):
+            raise ValueError(f"search_mm must be a positive value (mm) or None, got {search_mm!r}.")
+        if region not in REGIONS:
+            raise ValueError(f"region must be one of {REGIONS}, got {region!r}.")
         self.outside = float(outside)
+        self.search_mm = None if search_mm is None else float(search_mm)
+        self.region = region
         self.knn = knn
         self.crop_knn = knn.without_context()
         self.unit, self.unit_crop = float(unit), float(unit_crop)
@@ -112,6 +154,8 @@ class DescriptorFusion:
         model_scale: float,
         in_bank: Sequence[bool] | None = None,
         calibrate: Sequence[bool] | None = None,
+        search_mm: float | None = 3.0,
+        region: str = "depth",
         **knn_args: Any,
     ) -> tuple[DescriptorFusion, list[tuple[np.ndarray, np.ndarray]]]:
         """Fit the memory on normal model-space images and set both units from normal scans.
@@ -131,6 +175,7 @@ class DescriptorFusion:
             model_threshold, model_scale: see the class.
             in_bank, calibrate: per image, whether its voxels fill the bank and whether it sets the units (default:
                 every image does both).
+            search_mm, region: see the class.
             knn_args: for :class:`~monai_simsid.apps.descriptor_knn.DescriptorKNN` (``k``, ``bank_size``, ``seed``).
 
         Returns:
@@ -151,8 +196,10 @@ class DescriptorFusion:
             )
         if not any(in_bank) or not any(calibrate):
             raise ValueError("need at least one bank scan and one calibration scan.")
+        if region not in REGIONS:
+            raise ValueError(f"region must be one of {REGIONS}, got {region!r}.")
         hus = [hu_from_windows(img, hu_windows)[0].astype(np.float32) for img in images]
-        regions = [lung_region_mask(hu, sp) for hu, sp in zip(hus, spacings)]
+        regions = [_lung_region(hu, sp, d, region) for hu, sp, d in zip(hus, spacings, depths)]
         bank_scans = [i for i in range(n) if in_bank[i] and regions[i].any()]
         if not bank_scans:
             raise NoLungRegionError("the normal scans have no lung region: the descriptor fusion needs chest CT.")
@@ -172,11 +219,17 @@ class DescriptorFusion:
                         "the bank, so the thresholds are optimistic (give more normal scans)."
                     )
                 memories[i] = knn
-        dist = {i: m(hus[i], regions[i], spacings[i], depth=depths[i]) for i, m in memories.items()}
+        steps = {i: search_step(spacings[i], search_mm) for i in memories}
+        dist = {i: m(hus[i], regions[i], spacings[i], depth=depths[i], step=steps[i]) for i, m in memories.items()}
         inside = np.concatenate([dist[i][regions[i]] for i in memories])
-        crop = [m.without_context()(hus[i], regions[i], spacings[i])[regions[i]] for i, m in memories.items()]
+        rng = np.random.default_rng(0)
+        samples = {i: _sample(regions[i], CROP_UNIT_VOXELS, rng) for i in memories}
+        crop = [m.without_context()(hus[i], samples[i], spacings[i])[samples[i]] for i, m in memories.items()]
         unit = _unit([inside])
-        fusion = cls(knn, unit, _unit(crop), model_threshold, model_scale, hu_windows, float(np.median(inside)) / unit)
+        fusion = cls(
+            knn, unit, _unit(crop), model_threshold, model_scale, hu_windows, float(np.median(inside)) / unit, search_mm,
+            region,
+        )
         return fusion, [(dist[i] / np.float32(unit), regions[i]) for i in memories]
 
     # ------------------------------------------------------------------ maps
@@ -193,8 +246,9 @@ class DescriptorFusion:
         if depth is None:
             region = np.ones(hu.shape, dtype=bool)
             return self.crop_knn(hu, region, spacing) / np.float32(self.unit_crop), region
-        region = lung_region_mask(hu, spacing)
-        return self.knn(hu, region, spacing, depth=depth) / np.float32(self.unit), region
+        region = _lung_region(hu, spacing, depth, self.region)
+        step = search_step(spacing, self.search_mm)
+        return self.knn(hu, region, spacing, depth=depth, step=step) / np.float32(self.unit), region
 
     def model_term(self, model_map: torch.Tensor) -> torch.Tensor:
         """The model map in units of its normal threshold: ``2 * sigmoid((map - threshold) / scale)``."""
@@ -222,6 +276,8 @@ class DescriptorFusion:
             "unit_crop": self.unit_crop,
             "unit_percentile": UNIT_PERCENTILE,
             "outside": self.outside,
+            "search_mm": self.search_mm,
+            "region": self.region,
             "model_threshold": self.model_threshold,
             "model_scale": self.model_scale,
             "hu_windows": self.hu_windows,
@@ -231,6 +287,9 @@ class DescriptorFusion:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DescriptorFusion:
         """Rebuild from :meth:`to_dict`.
+
+        A fusion stored without ``search_mm`` and ``region`` (simsid_ct 0.7.0) keeps the full-resolution search and region
+        its units were measured with.
 
         Raises:
             ValueError: another kind, or a missing entry.
@@ -244,5 +303,5 @@ class DescriptorFusion:
             raise ValueError(f"the stored fusion is missing {missing}.")
         return cls(
             DescriptorKNN.from_dict(data["knn"]), data["unit"], data["unit_crop"], data["model_threshold"],
-            data["model_scale"], data["hu_windows"], data["outside"],
+            data["model_scale"], data["hu_windows"], data["outside"], data.get("search_mm"), data.get("region", "mask"),
         )

@@ -628,6 +628,8 @@ class AnomalyPredictor(CalibratedMapPredictor):
                 "bank_size": int(self.fusion.knn.bank.shape[0]),
                 "k": self.fusion.knn.k,
                 "scales_mm": list(self.fusion.knn.scales_mm),
+                "search_mm": self.fusion.search_mm,
+                "region": self.fusion.region,
             }
         )
         return extra

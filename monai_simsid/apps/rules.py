@@ -25,6 +25,7 @@ from monai_simsid.transforms.body.array import compute_body_mask
 from monai_simsid.transforms.intensity.array import HUWindows
 
 __all__ = [
+    "LUNG_REGION_DILATION_MM",
     "LocalZScoreRule",
     "crop_lung_region_mask",
     "intensity_rule_map",
@@ -54,6 +55,10 @@ def _check_mask(mask: Any, shape: tuple[int, ...], name: str) -> np.ndarray:
     if m.shape != shape:
         raise ValueError(f"{name} shape {m.shape} differs from the image shape {shape}.")
     return m.astype(bool) if m.dtype != bool else m
+
+
+#: the lung region is the closed lung envelope grown by this much (mm): the pleura and the border of a lesion
+LUNG_REGION_DILATION_MM = 5.0
 
 
 def _bbox(mask: np.ndarray, margin: Sequence[int]) -> tuple[slice, ...]:
@@ -129,7 +134,7 @@ def lung_region_mask(
     threshold: float = -400.0,
     skin_mm: float = 5.0,
     closing_mm: float = 20.0,
-    dilation_mm: float = 5.0,
+    dilation_mm: float = LUNG_REGION_DILATION_MM,
 ) -> np.ndarray:
     """Lung region of a chest CT, as defined by the project's benchmark.
 

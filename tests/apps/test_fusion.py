@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from monai_simsid.apps.descriptor_knn import DescriptorKNN, lung_envelope_depth
+from monai_simsid.apps.descriptor_knn import DescriptorKNN, lung_envelope_depth, search_step
 from monai_simsid.apps.fusion import DescriptorFusion, NoLungRegionError
 from monai_simsid.apps.normative import lung_depth_from_windows, normative_from_dict
 from monai_simsid.apps.rules import lung_region_mask
@@ -74,6 +74,30 @@ def test_descriptor_memory_takes_a_precomputed_depth_and_drops_it():
         DescriptorKNN.from_dict(two.state_dict()).leave_out(0)  # a stored memory does not know its rows' scans
     with pytest.raises(ValueError, match="bank rows"):
         DescriptorKNN(context="lung_depth", k=3, bank_size=800).fit([hu], [region], [SPACING]).leave_out(0)
+    # searching every second voxel: exact on the nodes of the coarse grid, interpolated in between, 0 outside the mask
+    full, coarse = knn(hu, region, SPACING, depth=depth), knn(hu, region, SPACING, depth=depth, step=2)
+    nodes = np.zeros(hu.shape, bool)
+    nodes[::2, ::2, ::2] = True
+    np.testing.assert_allclose(coarse[region & nodes], full[region & nodes], rtol=1e-5)
+    assert not coarse[~region].any()
+    # halfway between two nodes along the first axis: the mean of the two nodes' distances
+    mid = np.zeros(hu.shape, bool)
+    mid[1:-1:2, ::2, ::2] = region[:-2:2, ::2, ::2] & region[2::2, ::2, ::2]
+    mid &= region
+    assert mid.sum() > 50
+    x, y, z = np.nonzero(mid)
+    np.testing.assert_allclose(coarse[mid], 0.5 * (full[x - 1, y, z] + full[x + 1, y, z]), rtol=1e-5)
+    one = np.zeros(hu.shape, bool)
+    one[tuple(c - c % 2 + 1 for c in np.argwhere(region)[0])] = True  # a single voxel off the nodes
+    assert knn(hu, one, SPACING, depth=depth, step=2)[one] > 0
+    odd = knn(hu[:-1, 1:, :-3], region[:-1, 1:, :-3], SPACING, depth=depth[:-1, 1:, :-3], step=3)  # any shape, step
+    assert odd.shape == hu[:-1, 1:, :-3].shape and odd[region[:-1, 1:, :-3]].min() > 0
+    with pytest.raises(ValueError, match="step"):
+        knn(hu, region, SPACING, step=0)
+    aniso = knn(hu, region, SPACING, depth=depth, step=(1, 2, 1))  # one step per axis
+    np.testing.assert_allclose(aniso[region & nodes], full[region & nodes], rtol=1e-5)
+    assert search_step((1.5, 1.5, 1.5), 3.0) == (2, 2, 2) and search_step((0.7, 0.7, 5.0), 3.0) == (4, 4, 1)
+    assert search_step((3.0, 3.0, 3.0), 3.0) == (1, 1, 1) == search_step((0.5,) * 3, None)
     plain = knn.without_context()
     assert plain.context is None and plain.num_features == knn.num_features - 1
     np.testing.assert_array_equal(plain.bank, knn.bank[:, :-1])  # the same normal voxels, without their depth
@@ -89,13 +113,24 @@ def test_fusion_is_fitted_on_the_normals_and_stored_with_the_calibration(calibra
     # scored against the bank of the other normals (its own voxels would make the units optimistic)
     depths = [lung_depth_from_windows(i["image"], WINDOWS, SPACING) for i in normals]
     hus = [np.clip(_item(s)[1], -1000, 500) for s in range(3)]
-    regions = [lung_region_mask(h, SPACING) for h in hus]
+    # the lung region is read off the depth: the envelope grown by 5 mm, as lung_region_mask grows it
+    assert fusion.region == "depth" and fusion.search_mm == 3.0  # on this 3 mm grid: every voxel
+    regions = [d >= -5.0 for d in depths]
+    envelope = [lung_region_mask(h, SPACING) for h in hus]
+    for h, n, e in zip(hus, normals, envelope):  # the same region with the depth on every voxel
+        np.testing.assert_array_equal(lung_depth_from_windows(n["image"], WINDOWS, SPACING, step=1) >= -5.0, e)
+    assert all((r & e).sum() > 0.7 * max(r.sum(), e.sum()) for r, e in zip(regions, envelope))  # sub-sampled depth
     refit = DescriptorKNN(context="lung_depth").fit_scans(zip(hus, regions, [SPACING] * 3, depths))
     np.testing.assert_allclose(refit.bank, fusion.knn.bank, atol=1e-5)  # the stored bank: the normals' lung voxels
     dist = np.concatenate(
         [refit.leave_out(n)(h, r, SPACING, depth=d)[r] for n, (h, r, d) in enumerate(zip(hus, regions, depths))]
     )
     assert fusion.unit == pytest.approx(float(np.percentile(dist, 99.9)), rel=1e-5)
+    # the crop unit: the bank without the depth, searched on every voxel (these small regions are sampled whole)
+    crop = np.concatenate(
+        [refit.leave_out(n).without_context()(h, r, SPACING)[r] for n, (h, r) in enumerate(zip(hus, regions))]
+    )
+    assert fusion.unit_crop == pytest.approx(float(np.percentile(crop, 99.9)), rel=1e-5)
     assert fusion.outside == pytest.approx(float(np.median(dist)) / fusion.unit, rel=1e-5) and 0 < fusion.outside < 1
     in_sample = np.concatenate([fusion.knn(h, r, SPACING, depth=d)[r] for h, r, d in zip(hus, regions, depths)])
     assert fusion.unit > float(np.percentile(in_sample, 99.9))
@@ -113,9 +148,9 @@ def test_fusion_is_fitted_on_the_normals_and_stored_with_the_calibration(calibra
     split = CalibrationHandler(net, inferer, normals, descriptor_fusion=True, bank_items=bank, **kw)()
     split_fusion = DescriptorFusion.from_dict(split["fusion"])
     hu4, hu5 = (np.clip(_item(s)[1], -1000, 500) for s in (4, 5))
+    bank_depths = [lung_depth_from_windows(b["image"], WINDOWS, SPACING) for b in bank]
     ref = DescriptorKNN(context="lung_depth").fit_scans(
-        (h, lung_region_mask(h, SPACING), SPACING, lung_depth_from_windows(b["image"], WINDOWS, SPACING))
-        for h, b in zip((hu4, hu5), bank)
+        (h, d >= -5.0, SPACING, d) for h, d in zip((hu4, hu5), bank_depths)
     )
     np.testing.assert_allclose(split_fusion.knn.bank, ref.bank, atol=1e-5)
     full = np.concatenate([ref(h, r, SPACING, depth=d)[r] for h, r, d in zip(hus, regions, depths)])
@@ -172,6 +207,19 @@ def test_fusion_round_trips_and_rejects_bad_state(calibrated, tmp_path):
         DescriptorFusion(again.knn, 0.0, 1.0, 0.0, 1.0, WINDOWS)
     with pytest.raises(ValueError, match="outside"):
         DescriptorFusion(again.knn, 1.0, 1.0, 0.0, 1.0, WINDOWS, outside=-1.0)
+    with pytest.raises(ValueError, match="search_mm"):
+        DescriptorFusion(again.knn, 1.0, 1.0, 0.0, 1.0, WINDOWS, search_mm=0.0)
+    with pytest.raises(ValueError, match="region"):
+        DescriptorFusion(again.knn, 1.0, 1.0, 0.0, 1.0, WINDOWS, region="body")
+    # a fusion stored by simsid_ct 0.7.0 (no search_mm, no region) keeps the full-resolution search and region its units
+    # were measured with
+    old = DescriptorFusion.from_dict({k: v for k, v in state.items() if k not in ("search_mm", "region")})
+    assert (old.search_mm, old.region) == (None, "mask") and (again.search_mm, again.region) == (3.0, "depth")
+    item, hu, _, _ = _item(7, radius_mm=6.0)
+    depth = lung_depth_from_windows(item["image"], WINDOWS, SPACING)
+    term, region = old.descriptor_term(item["image"], SPACING, depth)
+    np.testing.assert_array_equal(region, lung_region_mask(np.clip(hu, -1000, 500), SPACING))
+    np.testing.assert_allclose(term, old.knn(np.clip(hu, -1000, 500), region, SPACING, depth=depth) / old.unit, rtol=1e-5)
 
 
 def test_normals_without_lungs_skip_the_fusion_with_a_warning(calibrated, caplog):
@@ -187,8 +235,20 @@ def test_normals_without_lungs_skip_the_fusion_with_a_warning(calibrated, caplog
         hu = rng.normal(40.0, 10.0, (24, 24, 24)).astype(np.float32)
         image = HUWindows(WINDOWS)(MetaTensor(torch.as_tensor(hu)[None], affine=affine))
         items.append({"image": image, "body": torch.ones((1, 24, 24, 24))})
+    depths = [lung_depth_from_windows(i["image"], WINDOWS, SPACING) for i in items]
     with pytest.raises(NoLungRegionError):
-        DescriptorFusion.fit([i["image"] for i in items], WINDOWS, [SPACING] * 2, [np.zeros((24,) * 3)] * 2, 0.0, 1.0)
+        DescriptorFusion.fit([i["image"] for i in items], WINDOWS, [SPACING] * 2, depths, 0.0, 1.0)
     with caplog.at_level(logging.WARNING):
         cal = CalibrationHandler(net, inferer, items, descriptor_fusion=True, **kw)()
     assert "fusion" not in cal and "descriptor fusion skipped" in caplog.text
+
+
+def test_crop_unit_sample_is_a_subset_of_the_region():
+    from monai_simsid.apps.fusion import _sample
+
+    mask = np.zeros((10, 10, 10), bool)
+    mask[2:8, 3:9, 1:5] = True
+    few = _sample(mask, 50, np.random.default_rng(0))
+    assert few.sum() == 50 and not (few & ~mask).any()
+    assert np.array_equal(_sample(mask, 10_000, np.random.default_rng(0)), mask)  # fewer voxels than asked: all
+    assert not np.array_equal(few, _sample(mask, 50, np.random.default_rng(1)))  # seeded

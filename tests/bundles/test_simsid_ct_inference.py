@@ -14,7 +14,7 @@ import pytest
 import SimpleITK as sitk
 from monai.bundle import ConfigWorkflow
 
-from conftest import bundle_config, oblique_affine
+from conftest import bundle_config, load_tool, oblique_affine
 from monai_simsid.apps.inference import input_body_mask
 from monai_simsid.data.datalist import load_datalist
 from monai_simsid.export import read_slicer_segmentation
@@ -241,3 +241,9 @@ def test_descriptor_fusion_is_the_default_and_can_be_turned_off(trained, synthet
     crop = load_predictor("simsid_ct", trained, preprocessing_overrides={"body_mode": "whole"})
     assert crop.report_extra()["fusion"]["descriptor"].startswith("plain")
     assert crop.predict(case).anomaly_map.max() > 0
+    # the stored fusion searches a 3 mm grid and reads the lung region off the depth; the timing tool reads it back
+    assert (predictor.fusion.search_mm, predictor.fusion.region) == (3.0, "depth")
+    assert predictor.report_extra()["fusion"]["search_mm"] == 3.0
+    timing = load_tool("bench_fusion").time_checkpoint(str(trained), case["image"], repeats=1)
+    assert (timing["search_mm"], timing["region"]) == (3.0, "depth") and timing["region_voxels"] > 0
+    assert timing["predict_s"] >= timing["descriptor_term_s"] >= 0
