@@ -80,7 +80,8 @@ class DescriptorPredictor(CalibratedMapPredictor):
         bundle_name, bundle_version: written to every report.
         region: ``"scan"`` (chest CT) or ``"crop"`` (a small VOI inside the lung).
         check_ct: check that the intensities look like HU.
-        memory_info: the memory file's other entries (``calibrated_on``, ``n_training``, ...), for the report.
+        memory_info: the memory file's other entries (``calibrated_on``, ``n_training``, ...), for the report, and
+            its ``search_mm`` (the search grid its calibration used; absent: every voxel).
         output_settings: ``score_method`` (None or ``"topk"``, the only score the memory is calibrated for),
             ``sigma_mm``, ``min_volume_mm3``, ``write_png``, ``write_seg``, ``num_workers`` and
             ``multiprocessing_context``, as for :class:`~monai_simsid.apps.inference.AnomalyPredictor` (a worker
@@ -125,10 +126,13 @@ class DescriptorPredictor(CalibratedMapPredictor):
         self.knn = knn
         info = dict(memory_info or {})
         self.memory_info = {key: info[key] for key in ("calibrated_on", "n_training", "n_calibration") if key in info}
+        # the search grid the calibration used (a memory written before it was stored searched every voxel)
+        self.search_mm = info.get("search_mm")
+        self.memory_info["search_mm"] = self.search_mm
 
     def raw_map(self, prepared: dict) -> np.ndarray:
         """The kNN distance map on the input grid, inside ``prepared["region"]`` (0 elsewhere)."""
-        return descriptor_map(self.knn, ScanRegion(*(prepared[f] for f in ScanRegion._fields)))
+        return descriptor_map(self.knn, ScanRegion(*(prepared[f] for f in ScanRegion._fields)), self.search_mm)
 
     def calibrated_input_map(self, prepared: dict) -> tuple[np.ndarray, float]:
         """The ``topk`` scan score of the raw map over the region, and the map calibrated to 0.5 = voxel threshold."""

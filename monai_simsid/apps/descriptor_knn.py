@@ -311,6 +311,8 @@ class DescriptorKNN:
         # pad at the end (edge values, as the smoothing does) so that the last voxel of each axis is a coarse node
         pad = [(0, (-(n - 1)) % s) for n, s in zip(img.shape, steps)]
         img_p = np.pad(img, pad, mode="edge")
+        if depth is None and self.context == "lung_depth":  # the depth of the scan as it is, not of the padded one
+            depth = lung_envelope_depth(img, spacing).reshape(img.shape)
         depth_p = None if depth is None else np.pad(np.asarray(depth, dtype=np.float32), pad, mode="edge")
         # a coarse node is needed when a mask voxel lies within step - 1 voxels of it on every axis (its cell)
         need = F.max_pool3d(

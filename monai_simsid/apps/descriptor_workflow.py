@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from monai_simsid.apps.calibration import compute_calibration
-from monai_simsid.apps.descriptor_knn import CONTEXTS, DEFAULT_SCALES_MM, DescriptorKNN
+from monai_simsid.apps.descriptor_knn import CONTEXTS, DEFAULT_SCALES_MM, DescriptorKNN, search_step
 from monai_simsid.apps.rules import crop_lung_region_mask, lung_region_mask
 from monai_simsid.data.datalist import load_datalist, split_sections
 from monai_simsid.data.datasets import select_calibration_items
@@ -154,9 +154,16 @@ def load_scan_region(path: str | os.PathLike, region: str = "scan", loader: Load
     return ScanRegion(image_hu, affine, ornt, spacing, from_canonical(lung, ornt))
 
 
-def descriptor_map(knn: DescriptorKNN, scan: ScanRegion) -> np.ndarray:
-    """The raw kNN distance map of ``scan`` inside its region, 0 elsewhere (float32, the file's voxel order)."""
-    raw = knn(to_canonical(scan.image_hu, scan.ornt), to_canonical(scan.region, scan.ornt), scan.spacing)
+def descriptor_map(knn: DescriptorKNN, scan: ScanRegion, search_mm: float | None = None) -> np.ndarray:
+    """The raw kNN distance map of ``scan`` inside its region, 0 elsewhere (float32, the file's voxel order).
+
+    ``search_mm``: search the memory on a grid of about this spacing and interpolate in between (see
+    :func:`~monai_simsid.apps.descriptor_knn.search_step`); ``None`` searches every voxel.
+    """
+    raw = knn(
+        to_canonical(scan.image_hu, scan.ornt), to_canonical(scan.region, scan.ornt), scan.spacing,
+        step=search_step(scan.spacing, search_mm),
+    )
     return from_canonical(raw, scan.ornt)
 
 
@@ -186,6 +193,7 @@ def fit_descriptor_memory(
     topk_fraction: float = 0.001,
     max_voxels_per_scan: int = 500_000,
     check_ct: bool = True,
+    search_mm: float | None = 3.0,
 ) -> dict[str, Any]:
     """Fit the memory on a datalist's training normals, calibrate it on normal scans and write one file atomically.
 
@@ -208,6 +216,9 @@ def fit_descriptor_memory(
         topk_fraction: fraction of lung-region voxels averaged by the scan score.
         max_voxels_per_scan: voxel samples per calibration scan.
         check_ct: check that the intensities look like HU.
+        search_mm: whole scans are searched on a grid of about this spacing, the distances interpolated in between
+            (:func:`descriptor_map`; ``None``: every voxel), at calibration and at inference (it is stored in the
+            file). Crops are small and always searched on every voxel.
 
     Returns:
         the ``extra`` dict written to the file (calibration, source, counts).
@@ -223,6 +234,9 @@ def fit_descriptor_memory(
         raise ValueError(f"topk_fraction must be in (0, 1], got {topk_fraction}.")
     if int(max_voxels_per_scan) < 1:
         raise ValueError(f"max_voxels_per_scan must be >= 1, got {max_voxels_per_scan}.")
+    if search_mm is not None and not (np.isfinite(search_mm) and search_mm > 0):
+        raise ValueError(f"search_mm must be a positive value (mm) or None, got {search_mm}.")
+    search_mm = None if region == "crop" or search_mm is None else float(search_mm)
     train = _normals(datalist, "training")
     if not train:
         raise InputError(datalist, "the 'training' section holds no normal scan (entries without a 'label')")
@@ -241,7 +255,7 @@ def fit_descriptor_memory(
     scores, voxels = [], []
     for e in calib:
         scan = load_scan_region(e["image"], region, loader)
-        raw = descriptor_map(knn, scan)
+        raw = descriptor_map(knn, scan, search_mm)
         scores.append(region_scan_score(raw, scan.region, topk_fraction))
         vals = raw[scan.region]
         if vals.size > max_voxels_per_scan:
@@ -257,6 +271,7 @@ def fit_descriptor_memory(
         "calibrated_on": "validation" if val else "training",
         "n_training": len(train),
         "n_calibration": len(calib),
+        "search_mm": search_mm,
     }
     Path(output_path).parent.mkdir(parents=True, exist_ok=True)
     knn.save(output_path, **extra)

@@ -68,6 +68,29 @@ def test_fit_writes_one_calibrated_file_and_records_its_normals(memory, chest_da
     assert cal["source"] == "1 validation normal scan(s)" and cal["score_method"] == "topk"
     assert cal["voxel_scale"] > 0 and cal["scan_std"] > 0 and cal["voxel_threshold"] > cal["voxel_median"]
     assert [p.name for p in memory.parent.iterdir()] == ["memory.npz"]  # written atomically: no temporary left
+    assert extra["search_mm"] == 3.0  # whole scans: a ~3 mm search grid (every voxel of these 3 mm scans)
+
+
+def test_the_search_grid_is_stored_and_used_at_inference(memory, chest_datalist, tmp_path):
+    """A coarser search grid (every second voxel of these 3 mm scans) is stored and used by the predictor; a crop
+    memory always searches every voxel."""
+    extra = _fit(chest_datalist, tmp_path / "coarse.npz", search_mm=6.0)
+    assert extra["search_mm"] == 6.0
+    knn, extra = load_descriptor_memory(tmp_path / "coarse.npz", BUNDLE)
+    coarse = DescriptorPredictor(knn, extra["calibration"], BUNDLE, "0", memory_info=extra, write_png=False)
+    full = DescriptorPredictor(knn, extra["calibration"], BUNDLE, "0", memory_info={**extra, "search_mm": None},
+                               write_png=False)  # fmt: skip
+    assert coarse.search_mm == 6.0 and full.search_mm is None and coarse.report_extra()["descriptor_memory"]["search_mm"] == 6.0
+    lesion = load_datalist(chest_datalist, "test")[1]
+    prepared = coarse.prepare(lesion)
+    region, ornt = prepared["region"], prepared["ornt"]
+    a, b = coarse.raw_map(dict(prepared)), full.raw_map(dict(prepared))
+    nodes = np.zeros(to_canonical(region, ornt).shape, bool)
+    nodes[::2, ::2, ::2] = True  # the search grid, in closest-RAS order
+    on_grid = from_canonical(nodes, ornt) & region
+    assert not np.allclose(a, b) and not a[~region].any()
+    np.testing.assert_allclose(a[on_grid], b[on_grid], rtol=1e-5)  # searched there, interpolated elsewhere
+    assert _fit(chest_datalist, tmp_path / "crop.npz", region="crop", search_mm=6.0)["search_mm"] is None
 
 
 def test_without_validation_normals_it_calibrates_on_the_training_ones(chest_datalist, tmp_path, caplog):
@@ -151,6 +174,7 @@ def test_bad_settings_fail_early_and_bad_scans_name_the_file(memory, chest_datal
     bad_settings = (
         ({"region": "lobe"}, "region"), ({"fpr": 0.0}, "fpr"), ({"k": 0}, "k must"),
         ({"context": "depth"}, "context must"), ({"region": "crop", "context": "lung_depth"}, "whole chest scans"),
+        ({"search_mm": 0.0}, "search_mm"),
     )
     for kw, msg in bad_settings:
         with pytest.raises(ValueError, match=msg):  # before the datalist is read
