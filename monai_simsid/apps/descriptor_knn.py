@@ -36,7 +36,7 @@ from monai_simsid.apps.rules import _bbox, _check_mask, _check_spacing, _check_v
 from monai_simsid.utils.atomic import atomic_path
 from monai_simsid.utils.errors import InputError
 
-__all__ = ["CONTEXTS", "DescriptorKNN", "lung_envelope_depth", "multiscale_descriptors", "search_step"]
+__all__ = ["CONTEXTS", "DescriptorKNN", "check_search_mm", "lung_envelope_depth", "multiscale_descriptors", "search_step"]
 
 DEFAULT_SCALES_MM = (1.5, 3.0, 5.0, 8.0, 12.0)
 HU_RANGE = (-1000.0, 400.0)  # bone and metal above 400 HU would dominate every smoothed value
@@ -122,17 +122,30 @@ def lung_envelope_depth(image_hu: Any, spacing: Sequence[float], mask: Any = Non
     return depth[mask]
 
 
+def check_search_mm(search_mm: float | None) -> float | None:
+    """``search_mm`` as a float, or ``None`` (search every voxel).
+
+    Raises:
+        ValueError: when it is neither ``None`` nor a positive finite value.
+    """
+    if search_mm is None:
+        return None
+    if isinstance(search_mm, bool) or not isinstance(search_mm, (int, float, np.number)) or not np.isfinite(search_mm) \
+            or search_mm <= 0:
+        raise ValueError(f"search_mm must be a positive value (mm) or None, got {search_mm!r}.")
+    return float(search_mm)
+
+
 def search_step(spacing: Sequence[float], search_mm: float | None) -> tuple[int, ...]:
     """Per-axis voxel step of a search grid of about ``search_mm`` (at least every voxel; ``None``: every voxel).
 
     Example: ``search_step((1.5, 1.5, 1.5), 3.0) == (2, 2, 2)``; ``search_step((0.7, 0.7, 5.0), 3.0) == (4, 4, 1)``.
     """
     sp = _check_spacing(spacing)
+    search_mm = check_search_mm(search_mm)
     if search_mm is None:
         return (1,) * len(sp)
-    if not np.isfinite(search_mm) or search_mm <= 0:
-        raise ValueError(f"search_mm must be a positive value (mm) or None, got {search_mm}.")
-    return tuple(max(1, int(np.floor(float(search_mm) / float(s) + 1e-6))) for s in sp)
+    return tuple(max(1, int(np.floor(search_mm / float(s) + 1e-6))) for s in sp)
 
 
 def _descriptors(

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from monai_simsid.apps.calibration import compute_calibration
-from monai_simsid.apps.descriptor_knn import CONTEXTS, DEFAULT_SCALES_MM, DescriptorKNN, search_step
+from monai_simsid.apps.descriptor_knn import CONTEXTS, DEFAULT_SCALES_MM, DescriptorKNN, check_search_mm, search_step
 from monai_simsid.apps.rules import crop_lung_region_mask, lung_region_mask
 from monai_simsid.data.datalist import load_datalist, split_sections
 from monai_simsid.data.datasets import select_calibration_items
@@ -234,9 +234,8 @@ def fit_descriptor_memory(
         raise ValueError(f"topk_fraction must be in (0, 1], got {topk_fraction}.")
     if int(max_voxels_per_scan) < 1:
         raise ValueError(f"max_voxels_per_scan must be >= 1, got {max_voxels_per_scan}.")
-    if search_mm is not None and not (np.isfinite(search_mm) and search_mm > 0):
-        raise ValueError(f"search_mm must be a positive value (mm) or None, got {search_mm}.")
-    search_mm = None if region == "crop" or search_mm is None else float(search_mm)
+    search_mm = check_search_mm(search_mm)
+    search_mm = None if region == "crop" else search_mm  # a crop is small: searched on every voxel
     train = _normals(datalist, "training")
     if not train:
         raise InputError(datalist, "the 'training' section holds no normal scan (entries without a 'label')")

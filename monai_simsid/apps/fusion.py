@@ -23,10 +23,10 @@ Everything runs on the model grid, from HU read back from the widest input windo
 grown by 5 mm, as :func:`~monai_simsid.apps.rules.lung_region_mask` grows it), and the bank is searched on every
 second voxel per axis of a 1.5 mm grid (a search grid of about 3 mm, ``search_mm``) with the distances interpolated in
 between; both are about five times cheaper than a full-resolution region and search, and the units are measured the
-same way. A crop is small, so it is searched on every voxel (small nodules are a few voxels wide), and its unit comes
-from a full-resolution search of a random sample of the normal lung-region voxels. A scan with a lung envelope uses the memory with the depth
-feature; an input without a body frame (a crop inside the lung) uses the same bank without it, over the whole input.
-Everything comes from normal scans only.
+same way. A scan with a lung envelope uses the memory with the depth feature; an input without a body frame (a crop
+inside the lung) uses the same bank without it, over the whole input. A crop is small, so it is searched on every
+voxel (small nodules are a few voxels wide), and its unit comes from a full-resolution search of a random sample of
+the normal lung-region voxels. Everything comes from normal scans only.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from monai_simsid.apps.descriptor_knn import DescriptorKNN, search_step
+from monai_simsid.apps.descriptor_knn import DescriptorKNN, check_search_mm, search_step
 from monai_simsid.apps.rules import LUNG_REGION_DILATION_MM, lung_region_mask
 from monai_simsid.transforms.intensity.array import hu_from_windows
 
@@ -75,6 +75,12 @@ def _sample(mask: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
+def _check_region(region: str) -> str:
+    if region not in REGIONS:
+        raise ValueError(f"region must be one of {REGIONS}, got {region!r}.")
+    return region
+
+
 def _lung_region(hu: np.ndarray, spacing: Sequence[float], depth: np.ndarray, region: str) -> np.ndarray:
     """The lung region of a model-space scan: the lung envelope grown by 5 mm, read off its signed ``depth`` (mm) or
     recomputed at full resolution."""
@@ -103,7 +109,8 @@ class DescriptorFusion:
         region: how the lung region is found (one of :data:`REGIONS`).
 
     Raises:
-        ValueError: a memory without the depth context, non-positive units or scale, or a bad step or region.
+        ValueError: a memory without the depth context, non-positive units or scale, or a bad ``search_mm`` or
+            ``region``.
     """
 
     kind = "descriptor_mean"
@@ -129,13 +136,9 @@ class DescriptorFusion:
             )
         if not np.isfinite(outside) or outside < 0:
             raise ValueError(f"outside must be a finite value >= 0, got {outside}.")
-        if search_mm is not None and not (np.isfinite(search_mm) and search_mm > 0):
-            raise ValueError(f"search_mm must be a positive value (mm) or None, got {search_mm!r}.")
-        if region not in REGIONS:
-            raise ValueError(f"region must be one of {REGIONS}, got {region!r}.")
+        self.search_mm = check_search_mm(search_mm)
+        self.region = _check_region(region)
         self.outside = float(outside)
-        self.search_mm = None if search_mm is None else float(search_mm)
-        self.region = region
         self.knn = knn
         self.crop_knn = knn.without_context()
         self.unit, self.unit_crop = float(unit), float(unit_crop)
@@ -196,8 +199,7 @@ class DescriptorFusion:
             )
         if not any(in_bank) or not any(calibrate):
             raise ValueError("need at least one bank scan and one calibration scan.")
-        if region not in REGIONS:
-            raise ValueError(f"region must be one of {REGIONS}, got {region!r}.")
+        _check_region(region)
         hus = [hu_from_windows(img, hu_windows)[0].astype(np.float32) for img in images]
         regions = [_lung_region(hu, sp, d, region) for hu, sp, d in zip(hus, spacings, depths)]
         bank_scans = [i for i in range(n) if in_bank[i] and regions[i].any()]
