@@ -122,13 +122,14 @@ def lung_envelope_depth(image_hu: Any, spacing: Sequence[float], mask: Any = Non
     return depth[mask]
 
 
-def check_search_mm(search_mm: float | None) -> float | None:
-    """``search_mm`` as a float, or ``None`` (search every voxel).
+def check_search_mm(search_mm: float | str | None) -> float | None:
+    """``search_mm`` as a float, or ``None`` (search every voxel; also given as ``"none"``, since a command line
+    cannot pass None: MONAI's ``bundle run`` drops a None override).
 
     Raises:
-        ValueError: when it is neither ``None`` nor a positive finite value.
+        ValueError: when it is neither ``None``/``"none"`` nor a positive finite value.
     """
-    if search_mm is None:
+    if search_mm is None or (isinstance(search_mm, str) and search_mm.lower() == "none"):
         return None
     if isinstance(search_mm, bool) or not isinstance(search_mm, (int, float, np.number)) or not np.isfinite(search_mm) \
             or search_mm <= 0:

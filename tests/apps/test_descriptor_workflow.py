@@ -91,6 +91,7 @@ def test_the_search_grid_is_stored_and_used_at_inference(memory, chest_datalist,
     assert not np.allclose(a, b) and not a[~region].any()
     np.testing.assert_allclose(a[on_grid], b[on_grid], rtol=1e-5)  # searched there, interpolated elsewhere
     assert _fit(chest_datalist, tmp_path / "crop.npz", region="crop", search_mm=6.0)["search_mm"] is None
+    assert _fit(chest_datalist, tmp_path / "all.npz", search_mm="none")["search_mm"] is None  # as a command line gives it
 
 
 def test_without_validation_normals_it_calibrates_on_the_training_ones(chest_datalist, tmp_path, caplog):
@@ -174,7 +175,7 @@ def test_bad_settings_fail_early_and_bad_scans_name_the_file(memory, chest_datal
     bad_settings = (
         ({"region": "lobe"}, "region"), ({"fpr": 0.0}, "fpr"), ({"k": 0}, "k must"),
         ({"context": "depth"}, "context must"), ({"region": "crop", "context": "lung_depth"}, "whole chest scans"),
-        ({"search_mm": 0.0}, "search_mm"),
+        ({"search_mm": 0.0}, "search_mm"), ({"search_mm": "fast"}, "search_mm"),
     )
     for kw, msg in bad_settings:
         with pytest.raises(ValueError, match=msg):  # before the datalist is read
