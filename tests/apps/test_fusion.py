@@ -117,7 +117,7 @@ def test_fusion_is_fitted_on_the_normals_and_stored_with_the_calibration(calibra
     assert fusion.region == "depth" and fusion.search_mm == 3.0  # on this 3 mm grid: every voxel
     regions = [d >= -5.0 for d in depths]
     envelope = [lung_region_mask(h, SPACING) for h in hus]
-    for h, n, e in zip(hus, normals, envelope):  # the same region with the depth on every voxel
+    for n, e in zip(normals, envelope):  # the same region with the depth on every voxel
         np.testing.assert_array_equal(lung_depth_from_windows(n["image"], WINDOWS, SPACING, step=1) >= -5.0, e)
     assert all((r & e).sum() > 0.7 * max(r.sum(), e.sum()) for r, e in zip(regions, envelope))  # sub-sampled depth
     refit = DescriptorKNN(context="lung_depth").fit_scans(zip(hus, regions, [SPACING] * 3, depths))
