@@ -14,8 +14,9 @@ every voxel and recomputes the lung region at full resolution).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
-import time
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,15 +24,17 @@ import torch
 
 DEFAULT_IMAGE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ct" / "lesion" / "lung2_ct.nii.gz"
 
+# the timing helper of tools/bench_postprocess.py (loaded by path: tools/ is not a package)
+_spec = importlib.util.spec_from_file_location("simsid_bench_postprocess", Path(__file__).with_name("bench_postprocess.py"))
+_postprocess = sys.modules.setdefault("simsid_bench_postprocess", importlib.util.module_from_spec(_spec))
+if not hasattr(_postprocess, "best_of"):
+    _spec.loader.exec_module(_postprocess)
+
 
 def _best(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+    """Best wall-clock seconds of ``repeats`` calls after one warm-up call."""
+    fn()
+    return _postprocess.best_of(fn, repeats)[0]
 
 
 def time_checkpoint(ckpt: str, image: str, repeats: int) -> dict:
