@@ -25,8 +25,9 @@ second voxel per axis of a 1.5 mm grid (a search grid of about 3 mm, ``search_mm
 between; both are about five times cheaper than a full-resolution region and search, and the units are measured the
 same way. A scan with a lung envelope uses the memory with the depth feature; an input without a body frame (a crop
 inside the lung) uses the same bank without it, over the whole input. A crop is small, so it is searched on every
-voxel (small nodules are a few voxels wide), and its unit comes from a full-resolution search of a random sample of
-the normal lung-region voxels. Everything comes from normal scans only.
+voxel of its own grid (:meth:`DescriptorFusion.crop_term`; small nodules are a few voxels wide, fewer still on the
+1.5 mm model grid), the model term is resampled to that grid and the two are fused there; its unit comes from a
+full-resolution search of a random sample of the normal lung-region voxels. Everything comes from normal scans only.
 """
 
 from __future__ import annotations
@@ -246,11 +247,22 @@ class DescriptorFusion:
         """
         hu = hu_from_windows(image, self.hu_windows)[0].astype(np.float32)
         if depth is None:
-            region = np.ones(hu.shape, dtype=bool)
-            return self.crop_knn(hu, region, spacing) / np.float32(self.unit_crop), region
+            return self.crop_term(hu, spacing)
         region = _lung_region(hu, spacing, depth, self.region)
         step = search_step(spacing, self.search_mm)
         return self.knn(hu, region, spacing, depth=depth, step=step) / np.float32(self.unit), region
+
+    def crop_term(self, image_hu: Any, spacing: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+        """``(term, region)`` of an input without a body frame (e.g. a nodule crop), given in HU ``(X, Y, Z)`` on any
+        grid: the distance to the bank without the depth feature, on every voxel, in units of its normal 99.9th
+        percentile; the region is the whole input.
+
+        The predictor calls it on the input's own grid: a nodule of a few millimetres spans only a few voxels of the
+        1.5 mm model grid, and the descriptors are defined in mm, so they need no resampling (see the class).
+        """
+        hu = np.asarray(image_hu, dtype=np.float32)
+        region = np.ones(hu.shape, dtype=bool)
+        return self.crop_knn(hu, region, spacing) / np.float32(self.unit_crop), region
 
     def model_term(self, model_map: torch.Tensor) -> torch.Tensor:
         """The model map in units of its normal threshold: ``2 * sigmoid((map - threshold) / scale)``."""
@@ -259,7 +271,11 @@ class DescriptorFusion:
     def __call__(self, model_map: torch.Tensor, term: np.ndarray, region: np.ndarray) -> torch.Tensor:
         """The fused map ``(*S)`` or ``(1, *S)``: the mean of both terms, with the descriptor term's normal median
         (:attr:`outside`) outside ``region``."""
-        m = self.model_term(model_map)
+        return self.fuse(self.model_term(model_map), term, region)
+
+    def fuse(self, model_term: torch.Tensor, term: np.ndarray, region: np.ndarray) -> torch.Tensor:
+        """:meth:`__call__` with the model term given (:meth:`model_term`, e.g. resampled to another grid)."""
+        m = torch.as_tensor(model_term).float()
         d = torch.as_tensor(np.asarray(term, dtype=np.float32), device=m.device)
         r = torch.as_tensor(np.asarray(region, dtype=bool), device=m.device)
         if tuple(d.shape) != tuple(m.shape[-d.ndim :]) or d.shape != r.shape:

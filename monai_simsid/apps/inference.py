@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import io
 import logging
 import os
@@ -576,7 +577,11 @@ class AnomalyPredictor(CalibratedMapPredictor):
             depth = lung_depth_from_windows(image, input_hu_windows(self.preprocessing_settings), spacing)
         if depth_normative:
             prepared["lung_depth"] = depth
-        if self.fusion is not None:
+        if self.fusion is not None and depth is None:
+            # an input without a body frame (a crop): its descriptor term on its own grid, fused there (see
+            # calibrated_input_map); small nodules lose their contrast on the 1.5 mm model grid
+            prepared["descriptor_input"] = self.fusion.crop_term(prepared["image_hu"], affine_spacing(prepared["affine"]))
+        elif self.fusion is not None:
             prepared["descriptor"] = self.fusion.descriptor_term(image, spacing, depth)
         x = image[None].float().to(self.device)
         body = prepared.pop("body")[None].to(self.device)
@@ -592,10 +597,12 @@ class AnomalyPredictor(CalibratedMapPredictor):
         if self.normative is not None:
             positions = body_ms[0] if self.normative_positions else None
             raw_map = self.normative.apply(raw_map, positions, prepared.pop("lung_depth", None))
-        if self.fusion is not None:
-            raw_map = self.fusion(raw_map, *prepared.pop("descriptor"))
         topk = self.calibration.get("topk_fraction", 0.001)
         window_scores = None if res.score_map is None else res.score_map[0].cpu()
+        if "descriptor_input" in prepared:
+            return self._fused_on_input_grid(prepared, raw_map, window_scores, topk)
+        if self.fusion is not None:
+            raw_map = self.fusion(raw_map, *prepared.pop("descriptor"))
         raw_score = scan_score(
             raw_map, window_scores, body_ms, self.score_method, topk, norm=self.calibration.get("score_norm")
         )
@@ -606,6 +613,21 @@ class AnomalyPredictor(CalibratedMapPredictor):
         # memory; equivalent to MONAI's Invertd over this chain, see tests/apps/test_preprocessing.py)
         shape = tuple(prepared["image_hu"].shape)
         return resample_to_input(cal_map, prepared["model_affine"], prepared["affine"], shape), raw_score
+
+    def _fused_on_input_grid(
+        self, prepared: dict, raw_map: torch.Tensor, window_scores: torch.Tensor | None, topk: float
+    ) -> tuple[np.ndarray, float]:
+        """:meth:`calibrated_input_map` of an input whose descriptor term was computed on its own grid: the model term
+        (and the window scores) resampled to the input grid, fused there, then scored and calibrated there."""
+        shape = tuple(prepared["image_hu"].shape)
+        to_input = functools.partial(
+            resample_to_input, model_affine=prepared["model_affine"], input_affine=prepared["affine"], input_shape=shape
+        )
+        fused = self.fusion.fuse(torch.from_numpy(to_input(self.fusion.model_term(raw_map))), *prepared.pop("descriptor_input"))
+        body = torch.from_numpy(np.asarray(prepared["body_in"], dtype=np.float32))
+        scores = None if window_scores is None else torch.from_numpy(to_input(window_scores))
+        raw_score = scan_score(fused, scores, body, self.score_method, topk, norm=self.calibration.get("score_norm"))
+        return (calibrate_map(fused, self.calibration) * body).numpy(), raw_score
 
     def report_extra(self) -> dict:
         """:meth:`CalibratedMapPredictor.report_extra` and the normative map's settings."""
@@ -630,6 +652,7 @@ class AnomalyPredictor(CalibratedMapPredictor):
                 "scales_mm": list(self.fusion.knn.scales_mm),
                 "search_mm": self.fusion.search_mm,
                 "region": self.fusion.region,
+                "grid": "model" if self.normative_positions else "input",
             }
         )
         return extra
