@@ -27,6 +27,14 @@ Parts (each method runs on the same data, in the file's voxel grid reoriented to
   a normal scan, on all of them for lung2 and for the LIDC crops, and its map is divided by the 99.9th percentile of
   its map over its own training normals, so that the scores of different fits share a scale.
 
+- **Transplanted nodules** (``transplant``, run only when asked for): whole-scan detection of small real nodules.
+  Five LIDC nodules per diameter bin (a seeded draw) are each put into one normal chest scan, in turn, at a seeded
+  site at least 10 mm (plus the nodule's radius) inside its lung region and in parenchyma; the nodule's density is
+  added where it exceeds the host's, over a soft edge (:func:`monai_simsid.data.lesions.transplant_lesion`). A method
+  fitted on normal scans is fitted on the other normals; a model method reads ``{host}`` in its checkpoint path as
+  the host's name (its leave-one-out checkpoint). Per scan: lung-region voxel AUROC and AP, and detection (the top
+  voxel of the body in the nodule), by diameter.
+
 ``lung_window_constant`` is a control for learned lung-window maps: ``|x - c|`` in the lung window, the error map of a
 model that reconstructs the constant -850 HU (:func:`monai_simsid.apps.rules.lung_window_constant_map`).
 ``lung_window_constant+descriptor_knn_depth`` and ``intensity_rule+descriptor_knn_depth`` are controls for simsid_ct's
@@ -84,12 +92,15 @@ __all__ = [
     "DEFAULT_DATA_DIR",
     "DIAMETER_BINS",
     "METHODS",
+    "PARTS",
+    "TRANSPLANT_PER_BIN",
     "BenchmarkContext",
     "MapFn",
     "build_parser",
     "evaluate_lidc",
     "evaluate_lung2",
     "evaluate_normals",
+    "evaluate_transplant",
     "format_markdown",
     "load_volume",
     "main",
@@ -97,6 +108,7 @@ __all__ = [
     "run_benchmark",
     "scan_score",
     "top_voxel_hit",
+    "transplant_cases",
 ]
 
 #: ``../shared/data/ct`` next to the repository.
@@ -108,6 +120,10 @@ DIAMETER_BINS: tuple[tuple[str, float, float], ...] = (
     ("10-20", 10.0, 20.0),
     (">20", 20.0, float("inf")),
 )
+#: the parts :func:`run_benchmark` can run (``transplant`` only when asked for)
+PARTS = ("lung2", "lidc", "normals", "transplant")
+#: LIDC nodules per diameter bin that the transplant part puts into the normal scans
+TRANSPLANT_PER_BIN = 5
 TOP_FRACTION = 0.001  # scan score: mean of the top 0.1% voxels of the lung region
 TIE_RTOL = 1e-6
 
@@ -138,12 +154,15 @@ class BenchmarkContext:
         training_paths: normal scans the method may fit on (leave-one-out already applied).
         region: ``"scan"`` for whole chest scans, ``"crop"`` for small VOIs inside the lung (LIDC).
         cache: shared between contexts of one run (e.g. loaded normal scans and their lung regions).
+        held_out: the normal scan left out of ``training_paths`` (its name without ``.nii.gz``), when there is one: a
+            model method whose checkpoint path holds ``{host}`` reads the checkpoint trained without it.
     """
 
     data_dir: Path
     training_paths: list[Path]
     region: str = "scan"
     cache: dict = field(default_factory=dict)
+    held_out: str | None = None
 
     def lung_mask(self, image_hu: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
         """The benchmark's lung region for this context's kind of input."""
@@ -274,7 +293,7 @@ def _model_method(spec: str) -> Callable[[BenchmarkContext], MapFn]:
     if len(parts) < 3 or not parts[1] or not parts[2]:
         raise ValueError(f"a model method must be 'model:<bundle_name>:<ckpt_path>', got {spec!r}.")
     bundle, ckpt = parts[1], parts[2]
-    if not Path(ckpt).is_file():  # before any scan is scored, not after the other methods have run
+    if "{host}" not in ckpt and not Path(ckpt).is_file():  # before any scan is scored, not after the other methods
         raise ValueError(f"{ckpt}: checkpoint file not found (method {spec!r}).")
     # optional model overrides, e.g. model:simsid_ct:ckpt.pt:map_mode=head
     model_overrides = dict(kv.split("=", 1) for kv in parts[3].split(",")) if len(parts) == 4 and parts[3] else {}
@@ -283,12 +302,20 @@ def _model_method(spec: str) -> Callable[[BenchmarkContext], MapFn]:
     def factory(ctx: BenchmarkContext) -> MapFn:
         from monai_simsid.apps.inference import predict_map
 
+        path_of = ckpt
+        if "{host}" in ckpt:  # one checkpoint per held-out normal scan (leave-one-out)
+            if ctx.held_out is None:
+                raise ValueError(f"{spec!r}: '{{host}}' needs a held-out normal scan (the transplant part only).")
+            path_of = ckpt.replace("{host}", ctx.held_out)
+            if not Path(path_of).is_file():
+                raise ValueError(f"{path_of}: checkpoint file not found (method {spec!r}).")
+
         def fn(path, image_hu, affine, spacing):
             # a nodule crop has no body outline and sits inside the lung: treat the whole crop as body and pad it
             # with its own edge values (air padding would make every crop border look abnormal)
             crop = {"body_mode": "whole", "image_pad_mode": "replicate"} if ctx.region == "crop" else {}
             pred = predict_map(
-                bundle, ckpt, path, device=os.environ.get("BENCHMARK_DEVICE"), check_ct=ctx.region != "crop",
+                bundle, path_of, path, device=os.environ.get("BENCHMARK_DEVICE"), check_ct=ctx.region != "crop",
                 preprocessing_overrides=crop, model_overrides=model_overrides,
             )
             canon = nib.as_closest_canonical(nib.Nifti1Image(pred.anomaly_map, pred.affine))
@@ -572,12 +599,117 @@ def evaluate_normals(
     }
 
 
+def _host_name(path: Path) -> str:
+    return path.name.split(".")[0]
+
+
+def transplant_cases(data_dir: str | Path, cache: dict, per_bin: int = TRANSPLANT_PER_BIN, seed: int = 0) -> list[dict]:
+    """The transplant part's cases, made once per run: ``per_bin`` LIDC nodules per diameter bin (a seeded draw),
+    each put into one normal chest scan (in turn) at a seeded site deep in its lung
+    (:func:`~monai_simsid.data.lesions.transplant_lesion`, :func:`~monai_simsid.data.lesions.lesion_sites`) and
+    written to a temporary NIfTI with the host's affine.
+
+    Returns:
+        one dict per case: ``name``, ``host`` (path), ``image`` (path), ``lesion`` (bool array), ``diameter_mm``.
+    """
+    import tempfile
+
+    from monai_simsid.data.lesions import lesion_sites, transplant_lesion
+
+    key = ("transplant", str(data_dir), per_bin, seed)
+    if key in cache:
+        return cache[key][1]
+    p = _paths(Path(data_dir))
+    nodules = _read_nodules(p["lidc"])
+    if not nodules or not p["normals"]:
+        return []
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(nodules))
+    chosen = [
+        nodules[i] for _, lo, hi in DIAMETER_BINS for i in [j for j in order if lo <= nodules[j]["diameter_mm"] < hi][:per_bin]
+    ]
+    tmp = tempfile.TemporaryDirectory(prefix="transplant_")
+    cases = []
+    for n, nod in enumerate(chosen):
+        host = p["normals"][n % len(p["normals"])]
+        hkey = ("normal", str(host))
+        if hkey not in cache:
+            img, aff, sp = load_volume(host)
+            cache[hkey] = (img, lung_region_mask(img, sp), sp, aff)
+        h_img, h_lung, h_sp, h_aff = cache[hkey]
+        v_img, _, v_sp = load_volume(nod["image"])
+        v_mask = load_volume(nod["mask"])[0] > 0.5
+        radius = 0.5 * float(np.nanmax([nod["diameter_mm"], 1.0]))
+        site = lesion_sites(h_lung, h_img, h_sp, radius + 10.0, rng)[0]
+        image, lesion = transplant_lesion(h_img, h_sp, v_img, v_mask, v_sp, site)
+        name = f"{_host_name(host)}+{nod['name'].split('.')[0]}"
+        path = Path(tmp.name) / f"{name}.nii"
+        nib.save(nib.Nifti1Image(image, h_aff), str(path))
+        cases.append({"name": name, "host": host, "image": path, "lesion": lesion, "diameter_mm": nod["diameter_mm"]})
+    cache[key] = (tmp, cases)  # the folder lives as long as the run's cache
+    return cases
+
+
+def evaluate_transplant(
+    data_dir: str | Path, method: str, cache: dict | None = None, per_bin: int = TRANSPLANT_PER_BIN, seed: int = 0
+) -> dict[str, Any]:
+    """Whole-scan detection of real nodules: LIDC nodules transplanted into the normal chest scans (see
+    :func:`transplant_cases`). Each case is scored by the method fitted on the *other* normal scans (a model method
+    reads ``{host}`` in its checkpoint path as the held-out scan's name; without it, the model has seen the host).
+
+    Per case: voxel AUROC and AP inside the host's lung region (with the nodule), and detection: the top-scoring voxel
+    of the body lies in the nodule (ties as for lung2). Summaries: means, and detection per diameter bin.
+    """
+    data_dir = Path(data_dir)
+    cache = {} if cache is None else cache
+    p = _paths(data_dir)
+    records, seconds = [], 0.0
+    fns: dict[str, MapFn] = {}
+    for case in transplant_cases(data_dir, cache, per_bin, seed):
+        host = case["host"]
+        bkey = ("body", str(host))
+        h_img, h_lung, h_sp, h_aff = cache[("normal", str(host))]
+        if bkey not in cache:
+            cache[bkey] = compute_body_mask(h_img, h_sp)
+        if str(host) not in fns:
+            ctx = BenchmarkContext(data_dir, [q for q in p["normals"] if q != host], cache=cache, held_out=_host_name(host))
+            fns[str(host)] = resolve_method(method)(ctx)
+        image, affine, spacing = load_volume(case["image"])
+        lesion = case["lesion"]
+        score, dt = _run_map(fns[str(host)], case["image"], image, affine, spacing)
+        seconds += dt
+        region = h_lung | lesion
+        records.append({
+            "name": case["name"],
+            "diameter_mm": case["diameter_mm"],
+            "lung_auroc": compute_voxel_auroc(score, lesion, region).value,
+            "lung_ap": compute_voxel_ap(score, lesion, region).value,
+            "detected": top_voxel_hit(score, lesion, cache[bkey] | lesion),
+        })
+    bins = {}
+    for label, lo, hi in DIAMETER_BINS:
+        hits = [r["detected"] for r in records if lo <= r["diameter_mm"] < hi]
+        bins[label] = {"n": len(hits), "rate": float(np.mean(hits)) if hits else None}
+    mean = lambda k: float(np.mean([r[k] for r in records if r[k] is not None])) if records else None  # noqa: E731
+    return {
+        "method": method,
+        "n_cases": len(records),
+        "mean_lung_auroc": mean("lung_auroc"),
+        "mean_lung_ap": mean("lung_ap"),
+        "detection_rate": mean("detected"),
+        "detection_by_diameter": bins,
+        "seconds_per_scan": seconds / max(len(records), 1),
+        "per_case": records,
+    }
+
+
 def run_benchmark(
     data_dir: str | Path,
     methods: Sequence[str],
     lidc_limit: int | None = None,
     overview_dir: str | Path | None = None,
     parts: Sequence[str] = ("lung2", "lidc", "normals"),
+    transplant_per_bin: int = TRANSPLANT_PER_BIN,
 ) -> dict[str, Any]:
     """Run the chosen parts for every method (see the module docstring).
 
@@ -588,9 +720,9 @@ def run_benchmark(
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise FileNotFoundError(f"data folder not found: {data_dir}")
-    bad = [x for x in parts if x not in ("lung2", "lidc", "normals")]
+    bad = [x for x in parts if x not in PARTS]
     if bad:
-        raise ValueError(f"unknown parts {bad}; choose from lung2, lidc, normals.")
+        raise ValueError(f"unknown parts {bad}; choose from {', '.join(PARTS)}.")
     for m in methods:
         resolve_method(m)  # fail early on unknown names
     p = _paths(data_dir)
@@ -602,6 +734,7 @@ def run_benchmark(
         "lung2": {},
         "lidc": {},
         "normals": {},
+        "transplant": {},
     }
     for m in methods:
         lung2 = None
@@ -614,6 +747,8 @@ def run_benchmark(
             results["lidc"][m] = evaluate_lidc(data_dir, m, ctx, lidc_limit)
         if "normals" in parts and p["normals"] and lung2 is not None:
             results["normals"][m] = evaluate_normals(data_dir, m, cache, lung2["scan_score"], overview_dir)
+        if "transplant" in parts and p["normals"] and (p["lidc"] / "image").is_dir():
+            results["transplant"][m] = evaluate_transplant(data_dir, m, cache, transplant_per_bin)
     return results
 
 
@@ -661,6 +796,25 @@ def format_markdown(results: dict[str, Any]) -> str:
                 f"| {_f(r['seconds_per_crop'], 3)} |"
             )
         lines.append("")
+    if results.get("transplant"):
+        labels = [b[0] for b in DIAMETER_BINS]
+        lines += [
+            "**LIDC nodules transplanted into the normal chest scans** (whole scans, fitted without the host; mean per "
+            "scan of the lung-region voxel AUROC and AP; detection = top voxel of the body inside the nodule)",
+            "",
+            "| method | scans | lung AUROC | lung AP | detection (all) | "
+            + " | ".join(f"det. {b} mm" for b in labels) + " | s / scan |",
+            "| --- | --- | --- | --- | --- | " + " | ".join("---" for _ in labels) + " | --- |",
+        ]
+        for m, r in results["transplant"].items():
+            bins = " | ".join(
+                f"{_f(r['detection_by_diameter'][b]['rate'], 2)} (n={r['detection_by_diameter'][b]['n']})" for b in labels
+            )
+            lines.append(
+                f"| {m} | {r['n_cases']} | {_f(r['mean_lung_auroc'])} | {_f(r['mean_lung_ap'])} "
+                f"| {_f(r['detection_rate'], 2)} | {bins} | {_f(r['seconds_per_scan'], 1)} |"
+            )
+        lines.append("")
     if results.get("normals"):
         names = sorted({n for r in results["normals"].values() for n in r["normal_scores"]})
         short = [n.replace(".nii.gz", "") for n in names]
@@ -687,7 +841,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated methods: " + ", ".join(METHODS) + ", or model:<bundle_name>:<ckpt_path>[:key=value]",
     )
     p.add_argument("--lidc-limit", type=int, default=None, help="evaluate only the first N LIDC crops (sorted)")
-    p.add_argument("--parts", default="lung2,lidc,normals", help="comma-separated parts (default: all)")
+    p.add_argument("--parts", default="lung2,lidc,normals", help=f"comma-separated parts of {', '.join(PARTS)} "
+                   "(default: lung2,lidc,normals)")
+    p.add_argument("--transplant-per-bin", type=int, default=TRANSPLANT_PER_BIN,
+                   help="transplant part: LIDC nodules per diameter bin (default: %(default)s)")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     p.add_argument("--overview-dir", default=None, help="write overview PNGs of lung2 and the normal scans here")
     return p
@@ -713,7 +870,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: --lidc-limit must be >= 1", file=sys.stderr)
         return 2
     try:
-        results = run_benchmark(data_dir, methods, args.lidc_limit, args.overview_dir, parts)
+        results = run_benchmark(data_dir, methods, args.lidc_limit, args.overview_dir, parts, args.transplant_per_bin)
     except (ValueError, NotImplementedError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

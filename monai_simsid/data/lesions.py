@@ -1,4 +1,5 @@
-"""Lesion shape primitives shared by the phantom generator and the synthetic-anomaly transforms."""
+"""Lesion shape primitives shared by the phantom generator and the synthetic-anomaly transforms, and the transplant
+of a real lesion (e.g. an LIDC nodule crop) into a normal scan."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["irregular_ellipsoid"]
+__all__ = ["irregular_ellipsoid", "lesion_sites", "transplant_lesion"]
 
 
 def irregular_ellipsoid(
@@ -67,3 +68,91 @@ def irregular_ellipsoid(
     soft = 1.0 / (1.0 + np.exp(np.clip(dist / (0.5 * edge_width), -30, 30)))
     out[tuple(slice(l, h) for l, h in zip(lo, hi))] = soft.astype(np.float32)
     return out
+
+
+def transplant_lesion(
+    host_hu: np.ndarray,
+    host_spacing: Sequence[float],
+    lesion_hu: np.ndarray,
+    lesion_mask: np.ndarray,
+    lesion_spacing: Sequence[float],
+    centre: Sequence[int],
+    feather_mm: float = 0.75,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Put a real lesion into a host scan: its density is added where it exceeds the host's.
+
+    The lesion's VOI is resampled (linearly, in mm) onto the host grid with the centroid of ``lesion_mask`` at the
+    host voxel ``centre``. Inside the lesion, and over a soft edge of about ``feather_mm`` around it, the host
+    becomes ``max(host, lesion)`` (so a solid nodule replaces parenchyma, and a vessel of the host that crosses it
+    stays); nothing of the VOI outside the lesion (its own parenchyma, a chest wall) is copied. Both arrays are
+    ``(X, Y, Z)`` in HU on axis-aligned grids of the same orientation.
+
+    Args:
+        host_hu: the normal scan.
+        host_spacing, lesion_spacing: voxel sizes in mm.
+        lesion_hu, lesion_mask: the lesion's VOI and its mask (same shape).
+        centre: host voxel that receives the lesion's centroid.
+        feather_mm: width of the soft edge (Gaussian sigma, mm; 0 for a hard edge).
+
+    Returns:
+        ``(image, label)``: the host with the lesion (float32) and the lesion's mask on the host grid (bool).
+
+    Raises:
+        ValueError: an empty or mismatching mask, bad spacings, or a centre outside the host.
+    """
+    host = np.asarray(host_hu, dtype=np.float32)
+    mask = np.asarray(lesion_mask) > 0.5
+    vox = np.asarray(lesion_hu, dtype=np.float32)
+    if host.ndim != 3 or vox.shape != mask.shape or vox.ndim != 3:
+        raise ValueError(f"need 3D arrays and a mask of the lesion's shape, got {host.shape}, {vox.shape}, {mask.shape}.")
+    if not mask.any():
+        raise ValueError("the lesion mask is empty.")
+    hs, ls = (np.asarray(x, dtype=np.float64) for x in (host_spacing, lesion_spacing))
+    if hs.shape != (3,) or ls.shape != (3,) or not (np.all(hs > 0) and np.all(ls > 0)):
+        raise ValueError(f"spacings must be three positive values, got {host_spacing} and {lesion_spacing}.")
+    c = np.asarray(centre, dtype=np.int64)
+    if c.shape != (3,) or np.any(c < 0) or np.any(c >= host.shape):
+        raise ValueError(f"centre {tuple(centre)} lies outside the host {host.shape}.")
+    if feather_mm < 0:
+        raise ValueError(f"feather_mm must be >= 0, got {feather_mm}.")
+    centroid = np.array(ndimage.center_of_mass(mask))
+    # host voxels that can receive the VOI: its extent around the centroid, in host voxels, cut to the host
+    half = np.ceil(np.maximum(centroid, np.array(mask.shape) - 1 - centroid) * ls / hs).astype(int) + 2
+    lo, hi = np.maximum(c - half, 0), np.minimum(c + half + 1, host.shape)
+    grid = np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi)], indexing="ij")
+    coords = [centroid[i] + (grid[i] - c[i]) * hs[i] / ls[i] for i in range(3)]
+    sample = lambda a, cval: ndimage.map_coordinates(a, coords, order=1, mode="constant", cval=cval)  # noqa: E731
+    patch = sample(vox, -1000.0).astype(np.float32)
+    weight = sample(mask.astype(np.float32), 0.0)
+    label = weight >= 0.5
+    if feather_mm > 0:
+        weight = np.maximum(weight, ndimage.gaussian_filter(label.astype(np.float32), feather_mm / hs))
+    weight = np.clip(weight, 0.0, 1.0)
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    out = host.copy()
+    out[box] = host[box] + weight * np.maximum(patch - host[box], 0.0)
+    full = np.zeros(host.shape, dtype=bool)
+    full[box] = label
+    return out, full
+
+
+def lesion_sites(
+    lung: np.ndarray, image_hu: np.ndarray, spacing: Sequence[float], margin_mm: float, rng: np.random.Generator,
+    n: int = 1, max_hu: float = -700.0,
+) -> np.ndarray:
+    """``n`` random voxels deep in the lung: at least ``margin_mm`` from the edge of ``lung`` and in parenchyma (the
+    image smoothed by 2 mm below ``max_hu``, so not on a vessel), drawn uniformly with ``rng``.
+
+    Returns:
+        int array ``(n, 3)``.
+
+    Raises:
+        ValueError: when no voxel qualifies.
+    """
+    sp = np.asarray(spacing, dtype=np.float64)
+    inside = ndimage.distance_transform_edt(np.asarray(lung, dtype=bool), sampling=sp) >= margin_mm
+    inside &= ndimage.gaussian_filter(np.asarray(image_hu, dtype=np.float32), 2.0 / sp) < max_hu
+    idx = np.argwhere(inside)
+    if not len(idx):
+        raise ValueError(f"no lung voxel lies {margin_mm} mm inside the lung in parenchyma.")
+    return idx[rng.choice(len(idx), size=n, replace=len(idx) < n)]

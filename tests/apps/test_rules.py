@@ -212,6 +212,29 @@ def test_benchmark_lung2_intensity_rule():
     assert 0.0 <= res["top_voxel_on_tumour"] <= 1.0 and res["seconds_per_scan"] > 0
 
 
+@pytest.mark.realdata
+@pytest.mark.skipif(not SHARED_CT.is_dir(), reason=f"real CT data not found at {SHARED_CT}")
+def test_benchmark_transplant_part_puts_lidc_nodules_into_held_out_normals():
+    bench = _benchmark_module()
+    cache: dict = {}
+    cases = bench.transplant_cases(SHARED_CT, cache, per_bin=1)
+    assert len(cases) == len(bench.DIAMETER_BINS) and [c["name"] for c in bench.transplant_cases(SHARED_CT, cache, per_bin=1)] == [c["name"] for c in cases]
+    normals = sorted((SHARED_CT / "normal").glob("chest_*.nii.gz"))
+    assert {c["host"] for c in cases} <= set(normals) and len({c["host"] for c in cases}) > 1
+    for c in cases:
+        img, _, _ = bench.load_volume(c["image"])
+        host, lung = cache[("normal", str(c["host"]))][:2]
+        assert img.shape == host.shape == c["lesion"].shape and c["lesion"].any()
+        assert (lung & c["lesion"]).sum() == c["lesion"].sum()  # deep in the host's lung region
+        assert img[c["lesion"]].mean() > host[c["lesion"]].mean() + 100  # denser than the parenchyma it replaced
+    # a method fitted on normals is fitted without the host: each host gets its own fit
+    res = bench.evaluate_transplant(SHARED_CT, "intensity_rule", cache, per_bin=1)
+    assert res["n_cases"] == len(cases) and 0.5 < res["mean_lung_auroc"] <= 1.0
+    assert all(v["n"] == 1 for v in res["detection_by_diameter"].values())
+    with pytest.raises(ValueError, match="held-out"):
+        bench.resolve_method("model:simsid_ct:/tmp/x_{host}.pt")(bench.BenchmarkContext(SHARED_CT, normals))
+
+
 def test_lung_window_constant_map_is_the_error_of_a_constant_reconstruction():
     img = np.full((6, 5, 4), -850.0, dtype=np.float32)
     img[0] = -1000.0  # air: 0.5 below -850 on the [-1, 1] lung-window scale
