@@ -76,6 +76,7 @@ def input_body_mask(
         threshold=float(settings.get("body_threshold_hu", -500.0)),
         opening_mm=float(settings.get("body_opening_mm", 3.0)),
         axial_axis=axial_axis,
+        outside=settings.get("body_outside_hu", -950.0),
     )
     for ax, k in enumerate(step):
         if k > 1:

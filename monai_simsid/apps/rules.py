@@ -98,33 +98,9 @@ def _close_then_dilate(mask: np.ndarray, closing_mm: float, dilation_mm: float, 
     return out
 
 
-def _body_mask(image_hu: np.ndarray, spacing: np.ndarray, outside_hu: float = -950.0) -> np.ndarray:
-    """:func:`compute_body_mask`, completed where the field of view cuts through the chest.
-
-    In a scan cropped to the chest (lungs touching the edge of the image), the lungs are open to the border, so the
-    per-slice hole filling of :func:`compute_body_mask` leaves them outside the body. Here each axial slice is filled
-    again with its border treated as closed wherever the border is not outside air: border pixels whose in-plane
-    smoothed HU (sigma 2 mm) is above ``outside_hu`` (lung, about -850 HU, or tissue) close the slice, while the
-    outside air of an ordinary scan (about -1000 HU or the padding value) keeps it open. A scan whose body does
-    not reach the border is unchanged.
-    """
-    body = compute_body_mask(image_hu, spacing, threshold=-500.0, opening_mm=3.0, axial_axis=2)
-    if not body.any():
-        return body
-    sigma = [2.0 / spacing[0], 2.0 / spacing[1]]
-    for z in range(image_hu.shape[2]):
-        sl = body[:, :, z]
-        if not sl.any():
-            continue
-        edge = np.zeros(sl.shape, dtype=bool)
-        edge[[0, -1], :] = True
-        edge[:, [0, -1]] = True
-        if not (sl & edge).any():
-            continue  # the body does not reach the border: nothing is truncated
-        smooth = ndimage.gaussian_filter(image_hu[:, :, z].astype(np.float32), sigma=sigma, mode="nearest")
-        closed = sl | (edge & (smooth > outside_hu))
-        body[:, :, z] = ndimage.binary_fill_holes(closed)
-    return body
+def _body_mask(image_hu: np.ndarray, spacing: np.ndarray) -> np.ndarray:
+    """:func:`compute_body_mask` of a chest CT in HU (completed where the field of view cuts through the lungs)."""
+    return compute_body_mask(image_hu, spacing, threshold=-500.0, opening_mm=3.0, axial_axis=2)
 
 
 def lung_region_mask(

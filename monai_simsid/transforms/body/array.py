@@ -30,11 +30,19 @@ def compute_body_mask(
     threshold: float = -500.0,
     opening_mm: float = 3.0,
     axial_axis: int = 2,
+    outside: float | None = -950.0,
 ) -> np.ndarray:
     """Body mask of a 3D CT array: threshold, in-plane opening, largest component, holes filled per axial slice.
 
     The in-plane opening detaches the scanner table and clothing; per-slice hole filling closes the lungs and the
     airways even where the trachea leaves the field of view.
+
+    A field of view cropped to the chest (a small reconstruction diameter, or a crop) cuts through the lungs, which
+    then open onto the image border and are no hole of the slice. So in a slice where the body reaches the border,
+    the holes are filled again with the border treated as closed wherever it is not outside air: border pixels whose
+    in-plane smoothed intensity (sigma 2 mm) is above ``outside`` (lung is about -850 HU) close the slice, while the
+    air around an ordinary scan (about -1000 HU, or the padding value) keeps it open. A scan whose body does not
+    reach the border is unchanged.
 
     Args:
         image: spatial array (no channel), in the intensity units of ``threshold``.
@@ -42,6 +50,8 @@ def compute_body_mask(
         threshold: intensity above which a voxel is tissue.
         opening_mm: radius of the in-plane opening in mm (0 disables it).
         axial_axis: the axis perpendicular to axial slices.
+        outside: intensity below which a border pixel is outside air (``None``: the border never closes a slice, so
+            lungs cut by the field of view stay outside the body).
 
     Returns:
         bool array of the same shape.
@@ -71,6 +81,17 @@ def compute_body_mask(
         fg = labels == int(sizes.argmax())
     moved = np.moveaxis(fg, axial_axis, 0)
     filled = np.stack([ndimage.binary_fill_holes(s) for s in moved])
+    if outside is not None:
+        image_moved = np.moveaxis(image, axial_axis, 0)
+        sigma = [2.0 / float(spacing[ax]) for ax in range(image.ndim) if ax != axial_axis]
+        for z, sl in enumerate(filled):
+            edge = np.zeros(sl.shape, dtype=bool)
+            edge[[0, -1], :] = True
+            edge[:, [0, -1]] = True
+            if not (sl & edge).any():
+                continue  # the body does not reach the border: nothing is cut
+            smooth = ndimage.gaussian_filter(np.asarray(image_moved[z], dtype=np.float32), sigma=sigma, mode="nearest")
+            filled[z] = ndimage.binary_fill_holes(sl | (edge & (smooth > outside)))
     return np.moveaxis(filled, 0, axial_axis)
 
 
@@ -120,6 +141,8 @@ class BodyMask(Transform):
         axial_axis: spatial axis perpendicular to axial slices (2 after RAS orientation).
         mode: ``"threshold"`` (the body of a whole scan) or ``"whole"`` (every voxel: small crops inside the lung
             such as nodule VOIs, where no body outline exists).
+        outside: intensity of outside air at the image border, for a field of view that cuts the lungs (see
+            :func:`compute_body_mask`).
     """
 
     def __init__(
@@ -129,12 +152,14 @@ class BodyMask(Transform):
         spacing: Sequence[float] | None = None,
         axial_axis: int = 2,
         mode: str = "threshold",
+        outside: float | None = -950.0,
     ) -> None:
         if opening_mm < 0:
             raise ValueError(f"opening_mm must be >= 0, got {opening_mm}.")
         if mode not in ("threshold", "whole"):
             raise ValueError(f"mode must be 'threshold' or 'whole', got {mode!r}.")
         self.mode = mode
+        self.outside = outside
         self.threshold = threshold
         self.opening_mm = opening_mm
         self.spacing = spacing
@@ -146,7 +171,7 @@ class BodyMask(Transform):
         if self.mode == "whole":
             return convert_to_dst_type(np.ones_like(arr[:1], dtype=np.float32), img, dtype=torch.float32 if isinstance(img, torch.Tensor) else np.float32)[0]
         masks = [
-            compute_body_mask(c, spacing, self.threshold, self.opening_mm, self.axial_axis) for c in arr[:1]
+            compute_body_mask(c, spacing, self.threshold, self.opening_mm, self.axial_axis, self.outside) for c in arr[:1]
         ]
         out = np.stack(masks).astype(np.float32)
         return convert_to_dst_type(out, img, dtype=torch.float32 if isinstance(img, torch.Tensor) else np.float32)[0]

@@ -32,10 +32,11 @@ class BodyMaskd(MapTransform):
         axial_axis: int = 2,
         allow_missing_keys: bool = False,
         mode: str = "threshold",
+        outside: float | None = -950.0,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.body_key = body_key
-        self.transform = BodyMask(threshold, opening_mm, spacing, axial_axis, mode)
+        self.transform = BodyMask(threshold, opening_mm, spacing, axial_axis, mode, outside)
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)

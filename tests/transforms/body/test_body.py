@@ -18,6 +18,29 @@ def test_body_mask_fills_lungs_and_drops_table():
     assert not mask[0, 0, 0]
 
 
+def test_body_mask_keeps_lungs_that_a_cropped_field_of_view_cuts():
+    """A chest cropped to its lungs: the lungs open onto the image border, yet they are body; air around a scan is not."""
+    rng = np.random.default_rng(0)
+    arr = np.full((40, 40, 8), 40.0, np.float32)  # soft tissue
+    arr[:15, 8:32] = -850.0 + rng.normal(0, 20, (15, 24, 8))  # right lung, cut by the border at x = 0
+    arr[25:, 8:32] = -850.0 + rng.normal(0, 20, (15, 24, 8))  # left lung, cut at x = 39
+    mask = compute_body_mask(arr, spacing=(1.5, 1.5, 3.0))
+    assert mask.all()
+    old = compute_body_mask(arr, spacing=(1.5, 1.5, 3.0), outside=None)  # the border never closes a slice
+    assert not old[5, 20].any() and not old[34, 20].any()
+    # an ordinary scan: air (-1000 HU) around the body at the border stays outside
+    scan = np.full((40, 40, 8), -1000.0, np.float32)
+    scan[5:35, 5:35] = 40.0
+    scan[10:18, 10:30] = -850.0
+    scan[:, 18:22, 2:6] = 40.0  # the body reaches the border (an arm or the table) without enclosing anything
+    body = compute_body_mask(scan, spacing=(1.5, 1.5, 3.0), opening_mm=0)
+    inner = (slice(1, -1), slice(1, -1))  # at most the border pixels beside the arm differ, nothing inside
+    assert np.array_equal(body[inner], compute_body_mask(scan, spacing=(1.5, 1.5, 3.0), opening_mm=0, outside=None)[inner])
+    assert body[12, 20].all() and not body[2, 2].any()
+    out = BodyMask(outside=None)(torch.as_tensor(arr[None]))  # the transforms pass it on
+    assert not out[0, 5, 20].any() and BodyMaskd("image")({"image": torch.as_tensor(arr[None])})["body"].all()
+
+
 def test_body_mask_transform_keeps_type_and_geometry():
     arr = simple_ct()[None]
     img = MetaTensor(torch.as_tensor(arr), affine=torch.diag(torch.tensor([2.0, 2.0, 2.0, 1.0])))
