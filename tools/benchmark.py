@@ -485,6 +485,15 @@ def _read_nodules(lidc_dir: Path) -> list[dict[str, Any]]:
     return out
 
 
+def _detection_by_diameter(records: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Detection rate and count per nodule diameter bin of per-nodule records (``diameter_mm``, ``detected``)."""
+    bins = {}
+    for label, lo, hi in DIAMETER_BINS:
+        hits = [r["detected"] for r in records if lo <= r["diameter_mm"] < hi]
+        bins[label] = {"n": len(hits), "rate": float(np.mean(hits)) if hits else None}
+    return bins
+
+
 def evaluate_lidc(
     data_dir: str | Path, method: str, ctx: BenchmarkContext | None = None, limit: int | None = None
 ) -> dict[str, Any]:
@@ -525,10 +534,7 @@ def evaluate_lidc(
             }
         )
     aurocs = [r["auroc"] for r in records if r["auroc"] is not None]
-    bins = {}
-    for label, lo, hi in DIAMETER_BINS:
-        hits = [r["detected"] for r in records if lo <= r["diameter_mm"] < hi]
-        bins[label] = {"n": len(hits), "rate": float(np.mean(hits)) if hits else None}
+    bins = _detection_by_diameter(records)
     return {
         "method": method,
         "n_crops": len(records),
@@ -686,10 +692,7 @@ def evaluate_transplant(
             "lung_ap": compute_voxel_ap(score, lesion, region).value,
             "detected": top_voxel_hit(score, lesion, cache[bkey] | lesion),
         })
-    bins = {}
-    for label, lo, hi in DIAMETER_BINS:
-        hits = [r["detected"] for r in records if lo <= r["diameter_mm"] < hi]
-        bins[label] = {"n": len(hits), "rate": float(np.mean(hits)) if hits else None}
+    bins = _detection_by_diameter(records)
     mean = lambda k: float(np.mean([r[k] for r in records if r[k] is not None])) if records else None  # noqa: E731
     return {
         "method": method,
@@ -758,6 +761,22 @@ def _f(x: Any, nd: int = 3) -> str:
     return f"{x:.{nd}f}"
 
 
+def _diameter_table(
+    title: str, rows: dict[str, Any], columns: Sequence[str], last: str,
+    first_cells: Callable[[dict], list[str]], last_cell: Callable[[dict], str],
+) -> list[str]:
+    """A markdown table of per-method results with detection overall and per nodule diameter bin."""
+    labels = [b[0] for b in DIAMETER_BINS]
+    head = ["method", *columns, "detection (all)", *(f"det. {b} mm" for b in labels), last]
+    lines = [title, "", "| " + " | ".join(head) + " |", "| " + " | ".join("---" for _ in head) + " |"]
+    for m, r in rows.items():
+        bins = [
+            f"{_f(r['detection_by_diameter'][b]['rate'], 2)} (n={r['detection_by_diameter'][b]['n']})" for b in labels
+        ]
+        lines.append("| " + " | ".join([m, *first_cells(r), _f(r["detection_rate"], 2), *bins, last_cell(r)]) + " |")
+    return lines + [""]
+
+
 def format_markdown(results: dict[str, Any]) -> str:
     """Markdown tables of :func:`run_benchmark`'s results."""
     lines: list[str] = []
@@ -778,43 +797,19 @@ def format_markdown(results: dict[str, Any]) -> str:
             )
         lines.append("")
     if results.get("lidc"):
-        labels = [b[0] for b in DIAMETER_BINS]
-        lines += [
+        lines += _diameter_table(
             "**LIDC crops** (per-crop voxel AUROC, mean over crops; detection = top voxel inside the nodule)",
-            "",
-            "| method | crops | mean crop AUROC | detection (all) | "
-            + " | ".join(f"det. {b} mm" for b in labels)
-            + " | s / crop |",
-            "| --- | --- | --- | --- | " + " | ".join("---" for _ in labels) + " | --- |",
-        ]
-        for m, r in results["lidc"].items():
-            bins = " | ".join(
-                f"{_f(r['detection_by_diameter'][b]['rate'], 2)} (n={r['detection_by_diameter'][b]['n']})" for b in labels
-            )
-            lines.append(
-                f"| {m} | {r['n_crops']} | {_f(r['mean_crop_auroc'])} | {_f(r['detection_rate'], 2)} | {bins} "
-                f"| {_f(r['seconds_per_crop'], 3)} |"
-            )
-        lines.append("")
+            results["lidc"], ["crops", "mean crop AUROC"], "s / crop",
+            lambda r: [str(r["n_crops"]), _f(r["mean_crop_auroc"])], lambda r: _f(r["seconds_per_crop"], 3),
+        )
     if results.get("transplant"):
-        labels = [b[0] for b in DIAMETER_BINS]
-        lines += [
+        lines += _diameter_table(
             "**LIDC nodules transplanted into the normal chest scans** (whole scans, fitted without the host; mean per "
             "scan of the lung-region voxel AUROC and AP; detection = top voxel of the body inside the nodule)",
-            "",
-            "| method | scans | lung AUROC | lung AP | detection (all) | "
-            + " | ".join(f"det. {b} mm" for b in labels) + " | s / scan |",
-            "| --- | --- | --- | --- | --- | " + " | ".join("---" for _ in labels) + " | --- |",
-        ]
-        for m, r in results["transplant"].items():
-            bins = " | ".join(
-                f"{_f(r['detection_by_diameter'][b]['rate'], 2)} (n={r['detection_by_diameter'][b]['n']})" for b in labels
-            )
-            lines.append(
-                f"| {m} | {r['n_cases']} | {_f(r['mean_lung_auroc'])} | {_f(r['mean_lung_ap'])} "
-                f"| {_f(r['detection_rate'], 2)} | {bins} | {_f(r['seconds_per_scan'], 1)} |"
-            )
-        lines.append("")
+            results["transplant"], ["scans", "lung AUROC", "lung AP"], "s / scan",
+            lambda r: [str(r["n_cases"]), _f(r["mean_lung_auroc"]), _f(r["mean_lung_ap"])],
+            lambda r: _f(r["seconds_per_scan"], 1),
+        )
     if results.get("normals"):
         names = sorted({n for r in results["normals"].values() for n in r["normal_scores"]})
         short = [n.replace(".nii.gz", "") for n in names]
