@@ -104,6 +104,7 @@ __all__ = [
     "format_markdown",
     "load_volume",
     "main",
+    "normal_scan",
     "resolve_method",
     "run_benchmark",
     "scan_score",
@@ -145,6 +146,15 @@ def load_volume(path: str | Path, dtype: Any = np.float32) -> tuple[np.ndarray, 
     return arr, np.asarray(img.affine, dtype=float), spacing  # type: ignore[return-value]
 
 
+def normal_scan(cache: dict, path: Path) -> tuple[np.ndarray, np.ndarray, tuple, np.ndarray]:
+    """``(image_hu, lung_region, spacing, affine)`` of a normal scan, loaded once per run into ``cache``."""
+    key = ("normal", str(path))
+    if key not in cache:
+        img, affine, sp = load_volume(path)
+        cache[key] = (img, lung_region_mask(img, sp), sp, affine)
+    return cache[key]
+
+
 @dataclass
 class BenchmarkContext:
     """What a method factory may use.
@@ -172,14 +182,7 @@ class BenchmarkContext:
 
     def training_data(self) -> list[tuple[np.ndarray, np.ndarray, tuple]]:
         """``(image_hu, lung_region, spacing)`` of each training normal scan, loaded once per run."""
-        out = []
-        for p in self.training_paths:
-            key = ("normal", str(p))
-            if key not in self.cache:
-                img, affine, sp = load_volume(p)
-                self.cache[key] = (img, lung_region_mask(img, sp), sp, affine)
-            out.append(self.cache[key][:3])
-        return out
+        return [normal_scan(self.cache, p)[:3] for p in self.training_paths]
 
 
 def _intensity_rule(ctx: BenchmarkContext) -> MapFn:
@@ -575,12 +578,8 @@ def evaluate_normals(
         ]
     scores: dict[str, float] = {}
     for path in p["normals"]:
-        ctx = BenchmarkContext(data_dir, [q for q in p["normals"] if q != path], cache=cache)
-        key = ("normal", str(path))
-        if key not in cache:
-            img, aff, sp = load_volume(path)
-            cache[key] = (img, lung_region_mask(img, sp), sp, aff)
-        image, lung, spacing, affine = cache[key]
+        ctx = _held_out_context(data_dir, p["normals"], path, cache)
+        image, lung, spacing, affine = normal_scan(cache, path)
         try:
             fn = resolve_method(method)(ctx)
         except ValueError as err:  # e.g. a single normal scan: nothing left to fit on
@@ -607,6 +606,11 @@ def evaluate_normals(
 
 def _host_name(path: Path) -> str:
     return path.name.split(".")[0]
+
+
+def _held_out_context(data_dir: Path, normals: Sequence[Path], held_out: Path, cache: dict) -> BenchmarkContext:
+    """The whole-scan context fitted on every normal scan but ``held_out`` (leave-one-out)."""
+    return BenchmarkContext(data_dir, [q for q in normals if q != held_out], cache=cache, held_out=_host_name(held_out))
 
 
 def transplant_cases(data_dir: str | Path, cache: dict, per_bin: int = TRANSPLANT_PER_BIN, seed: int = 0) -> list[dict]:
@@ -638,11 +642,7 @@ def transplant_cases(data_dir: str | Path, cache: dict, per_bin: int = TRANSPLAN
     cases = []
     for n, nod in enumerate(chosen):
         host = p["normals"][n % len(p["normals"])]
-        hkey = ("normal", str(host))
-        if hkey not in cache:
-            img, aff, sp = load_volume(host)
-            cache[hkey] = (img, lung_region_mask(img, sp), sp, aff)
-        h_img, h_lung, h_sp, h_aff = cache[hkey]
+        h_img, h_lung, h_sp, h_aff = normal_scan(cache, host)
         v_img, _, v_sp = load_volume(nod["image"])
         v_mask = load_volume(nod["mask"])[0] > 0.5
         radius = 0.5 * float(np.nanmax([nod["diameter_mm"], 1.0]))
@@ -674,12 +674,11 @@ def evaluate_transplant(
     for case in transplant_cases(data_dir, cache, per_bin, seed):
         host = case["host"]
         bkey = ("body", str(host))
-        h_img, h_lung, h_sp, h_aff = cache[("normal", str(host))]
+        h_img, h_lung, h_sp, h_aff = normal_scan(cache, host)
         if bkey not in cache:
             cache[bkey] = compute_body_mask(h_img, h_sp)
         if str(host) not in fns:
-            ctx = BenchmarkContext(data_dir, [q for q in p["normals"] if q != host], cache=cache, held_out=_host_name(host))
-            fns[str(host)] = resolve_method(method)(ctx)
+            fns[str(host)] = resolve_method(method)(_held_out_context(data_dir, p["normals"], host, cache))
         image, affine, spacing = load_volume(case["image"])
         lesion = case["lesion"]
         score, dt = _run_map(fns[str(host)], case["image"], image, affine, spacing)

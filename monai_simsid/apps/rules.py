@@ -98,11 +98,6 @@ def _close_then_dilate(mask: np.ndarray, closing_mm: float, dilation_mm: float, 
     return out
 
 
-def _body_mask(image_hu: np.ndarray, spacing: np.ndarray) -> np.ndarray:
-    """:func:`compute_body_mask` of a chest CT in HU (completed where the field of view cuts through the lungs)."""
-    return compute_body_mask(image_hu, spacing, threshold=-500.0, opening_mm=3.0, axial_axis=2)
-
-
 def lung_region_mask(
     image_hu: Any,
     spacing: Sequence[float],
@@ -143,7 +138,7 @@ def lung_region_mask(
         if not np.isfinite(v) or v < 0:
             raise ValueError(f"{name} must be a finite value >= 0, got {v}.")
     if body is None:
-        body = _body_mask(img, sp)
+        body = compute_body_mask(img, sp)
     body = _check_mask(body, img.shape, "body")
     out = np.zeros(img.shape, dtype=bool)
     if not body.any():
