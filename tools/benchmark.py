@@ -39,6 +39,8 @@ Parts (each method runs on the same data, in the file's voxel grid reoriented to
 model that reconstructs the constant -850 HU (:func:`monai_simsid.apps.rules.lung_window_constant_map`).
 ``lung_window_constant+descriptor_knn_depth`` and ``intensity_rule+descriptor_knn_depth`` are controls for simsid_ct's
 descriptor fusion: the same mean with the descriptor memory, with a map that needs no model in place of the model's.
+``descriptor_knn_hu`` and ``descriptor_knn_depth_hu`` are the memories without their Hessian shape features (smoothed
+HU only), for the ablation.
 
 Adding a method
 ---------------
@@ -230,16 +232,25 @@ def _fitted_on_normals(name: str, fit: Callable[[list, list, list], Callable]) -
 
 
 _local_zscore = _fitted_on_normals("local_zscore", lambda i, m, s: LocalZScoreRule().fit(i, m, s, window_mm=5.0))
-_descriptor_knn = _fitted_on_normals("descriptor_knn", lambda i, m, s: DescriptorKNN().fit(i, m, s))
-_descriptor_knn_depth_scans = _fitted_on_normals(
-    "descriptor_knn_depth", lambda i, m, s: DescriptorKNN(context="lung_depth").fit(i, m, s)
-)
 
 
-def _descriptor_knn_depth(ctx: BenchmarkContext) -> MapFn:
-    """``descriptor_knn`` with the lung-envelope depth on whole scans; a crop has no envelope, so crops get the plain
-    descriptor (the same maps as ``descriptor_knn``)."""
-    return (_descriptor_knn if ctx.region == "crop" else _descriptor_knn_depth_scans)(ctx)
+def _descriptor_methods(suffix: str, **knn_args: Any) -> tuple[Callable, Callable]:
+    """``descriptor_knn<suffix>`` and ``descriptor_knn_depth<suffix>``: the memory with ``knn_args``, without and
+    with the lung-envelope depth. A crop has no envelope, so the depth method gives crops the plain memory."""
+    plain = _fitted_on_normals("descriptor_knn" + suffix, lambda i, m, s: DescriptorKNN(**knn_args).fit(i, m, s))
+    scans = _fitted_on_normals(
+        "descriptor_knn_depth" + suffix, lambda i, m, s: DescriptorKNN(context="lung_depth", **knn_args).fit(i, m, s)
+    )
+
+    def depth(ctx: BenchmarkContext) -> MapFn:
+        return (plain if ctx.region == "crop" else scans)(ctx)
+
+    return plain, depth
+
+
+_descriptor_knn, _descriptor_knn_depth = _descriptor_methods("")
+#: ablation: smoothed HU only, without the Hessian shape features (the memory before simsid_ct 0.10.0)
+_descriptor_knn_hu, _descriptor_knn_depth_hu = _descriptor_methods("_hu", shape_scales_mm=())
 
 
 def _fused_with_descriptor(name: str, base: Callable[[BenchmarkContext], MapFn]) -> Callable[[BenchmarkContext], MapFn]:
@@ -275,6 +286,8 @@ METHODS: dict[str, Callable[[BenchmarkContext], MapFn]] = {
     "local_zscore": _local_zscore,
     "descriptor_knn": _descriptor_knn,
     "descriptor_knn_depth": _descriptor_knn_depth,
+    "descriptor_knn_hu": _descriptor_knn_hu,
+    "descriptor_knn_depth_hu": _descriptor_knn_depth_hu,
     "lung_window_constant+descriptor_knn_depth": _fused_with_descriptor("constant_fused", _lung_window_constant),
     "intensity_rule+descriptor_knn_depth": _fused_with_descriptor("rule_fused", _intensity_rule),
 }

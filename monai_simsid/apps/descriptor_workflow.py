@@ -36,7 +36,14 @@ import numpy as np
 import torch
 
 from monai_simsid.apps.calibration import compute_calibration
-from monai_simsid.apps.descriptor_knn import CONTEXTS, DEFAULT_SCALES_MM, DescriptorKNN, check_search_mm, search_step
+from monai_simsid.apps.descriptor_knn import (
+    CONTEXTS,
+    DEFAULT_SCALES_MM,
+    DEFAULT_SHAPE_SCALES_MM,
+    DescriptorKNN,
+    check_search_mm,
+    search_step,
+)
 from monai_simsid.apps.rules import crop_lung_region_mask, lung_region_mask
 from monai_simsid.data.datalist import load_datalist, split_sections
 from monai_simsid.data.datasets import select_calibration_items
@@ -184,6 +191,7 @@ def fit_descriptor_memory(
     bundle_version: str,
     region: str = "scan",
     scales_mm: Sequence[float] = DEFAULT_SCALES_MM,
+    shape_scales_mm: Sequence[float] = DEFAULT_SHAPE_SCALES_MM,
     k: int = 10,
     bank_size: int = 120_000,
     seed: int = 0,
@@ -209,7 +217,7 @@ def fit_descriptor_memory(
         output_path: the memory file to write (``.npz``; its folder is created).
         bundle_name, bundle_version: recorded in the file (inference checks the bundle name).
         region: ``"scan"`` or ``"crop"`` (see :func:`load_scan_region`).
-        scales_mm, k, bank_size, seed: the memory's settings (see :class:`DescriptorKNN`).
+        scales_mm, shape_scales_mm, k, bank_size, seed: the memory's settings (see :class:`DescriptorKNN`).
         context: the descriptor's context feature (see :func:`resolve_context`; ``"auto"``: the lung-envelope depth
             for whole scans, none for crops).
         fpr, voxel_fpr: false-positive rates of the scan and voxel thresholds on normal data.
@@ -227,7 +235,10 @@ def fit_descriptor_memory(
         ValueError: on bad settings (before anything is read).
         InputError: naming the file, for a bad datalist, no normal training scan, or a bad scan.
     """
-    knn = DescriptorKNN(scales_mm, k=k, bank_size=bank_size, seed=seed, context=resolve_context(region, context))
+    knn = DescriptorKNN(
+        scales_mm, k=k, bank_size=bank_size, seed=seed, context=resolve_context(region, context),
+        shape_scales_mm=shape_scales_mm,
+    )
     if not 0 < fpr < 1 or not 0 < voxel_fpr < 1:
         raise ValueError(f"fpr and voxel_fpr must be in (0, 1), got {fpr} and {voxel_fpr}.")
     if not 0 < topk_fraction <= 1:

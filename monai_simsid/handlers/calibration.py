@@ -126,6 +126,9 @@ class CalibrationHandler:
         bank_items: preprocessed normal scans whose lung voxels fill the descriptor bank (e.g. the training
             normals); default: ``items``. A scan in both (same source file) is scored against the bank of the other
             scans when the units are set (see :meth:`~monai_simsid.apps.fusion.DescriptorFusion.fit`).
+        descriptor_args: settings of the fusion's descriptor memory
+            (:class:`~monai_simsid.apps.descriptor_knn.DescriptorKNN`: ``scales_mm``, ``shape_scales_mm``, ``k``,
+            ``bank_size``, ``seed``); default: its defaults.
     """
 
     def __init__(
@@ -147,6 +150,7 @@ class CalibrationHandler:
         normative_depth_windows: Sequence[Sequence[float]] | None = None,
         descriptor_fusion: bool = False,
         bank_items: Sequence[Mapping[str, Any]] | None = None,
+        descriptor_args: Mapping[str, Any] | None = None,
     ) -> None:
         if score_method not in SCORE_METHODS:
             raise ValueError(f"score_method must be one of {SCORE_METHODS}, got {score_method!r}.")
@@ -176,6 +180,10 @@ class CalibrationHandler:
         if self.descriptor_fusion and self.normative_depth_windows is None:
             raise ValueError("descriptor_fusion needs normative_depth_windows (the lung-envelope depth of chest CT).")
         self.bank_items = list(bank_items) if bank_items else None
+        self.descriptor_args = dict(descriptor_args or {})
+        unknown = set(self.descriptor_args) - {"scales_mm", "shape_scales_mm", "k", "bank_size", "seed"}
+        if unknown:
+            raise ValueError(f"descriptor_args: unknown settings {sorted(unknown)}.")
         self.calibration: dict[str, Any] | None = None
 
     def _fit_fusion(self, depths: list[np.ndarray], v_thr: float, v_scale: float) -> tuple[DescriptorFusion, list]:
@@ -194,7 +202,7 @@ class CalibrationHandler:
         return DescriptorFusion.fit(
             images, self.normative_depth_windows, spacings, list(depths) + extra_depths, v_thr, v_scale,
             in_bank=[k in bank_keys for k in keys] + [True] * len(extra),
-            calibrate=[True] * len(self.items) + [False] * len(extra),
+            calibrate=[True] * len(self.items) + [False] * len(extra), **self.descriptor_args,
         )
 
     def attach(self, engine: Engine) -> None:

@@ -7,7 +7,7 @@ import pytest
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from monai_simsid.apps.descriptor_knn import DescriptorKNN, multiscale_descriptors
+from monai_simsid.apps.descriptor_knn import DescriptorKNN, hessian_shape_descriptors, multiscale_descriptors
 
 
 def _lung_with_vessels(seed: int, nodule_mm: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
@@ -73,9 +73,15 @@ def test_nodule_scores_above_vessels_and_parenchyma(fitted):
 
 def test_bank_comes_from_normal_masks_only(fitted):
     knn, normals, masks = fitted
-    assert knn.bank.shape == (20000, 3)
-    pooled = np.concatenate([multiscale_descriptors(n, (1.0, 1.0, 1.0), m, knn.scales_mm) for n, m in zip(normals, masks)])
-    np.testing.assert_allclose(knn.bank.std(axis=0), np.ones(3), atol=0.05)  # features divided by their normal spread
+    assert knn.bank.shape == (20000, 3 + 2 * 3)  # smoothed HU at 3 scales, blob and tube strength at 3 (default)
+    pooled = np.concatenate([
+        np.concatenate([
+            multiscale_descriptors(n, (1.0, 1.0, 1.0), m, knn.scales_mm),
+            hessian_shape_descriptors(n, (1.0, 1.0, 1.0), m, knn.shape_scales_mm),
+        ], axis=1)
+        for n, m in zip(normals, masks)
+    ])
+    np.testing.assert_allclose(knn.bank.std(axis=0), np.ones(9), atol=0.05)  # features divided by their normal spread
     # every bank row is one of the normal descriptors (a sample, nothing else)
     bank = knn.bank.astype(np.float64) * knn.scale
     dist, _ = cKDTree(pooled).query(bank[:200], k=1)
@@ -154,7 +160,8 @@ def test_depth_context_tells_a_juxtapleural_mass_from_the_chest_wall():
     assert mass.sum() > 50 and np.all(region[mass])  # the envelope's closing takes the juxtapleural mass in
     above = {}
     for context in (None, "lung_depth"):
-        knn = DescriptorKNN(k=5, bank_size=30000, context=context)
+        # smoothed HU only: the shape features also tell the mass from the chest wall, and would hide the context's part
+        knn = DescriptorKNN(k=5, bank_size=30000, context=context, shape_scales_mm=())
         score = knn.fit(normals, regions, [sp] * 3)(image, region, sp)[region]
         y = mass[region]
         # share of the mass above the 99th percentile of the rest of the region (chest-wall band, vessels, lung)
@@ -171,7 +178,8 @@ def test_context_is_validated_and_kept_in_the_state(tmp_path):
     from monai_simsid.apps.rules import lung_region_mask
 
     region = lung_region_mask(img, sp)
-    knn = DescriptorKNN(scales_mm=(3.0, 6.0), k=3, bank_size=5000, context="lung_depth").fit([img], [region], [sp])
+    knn = DescriptorKNN(scales_mm=(3.0, 6.0), k=3, bank_size=5000, context="lung_depth", shape_scales_mm=())
+    knn.fit([img], [region], [sp])
     assert knn.bank.shape == (5000, 3) and knn.num_features == 3
     path = knn.save(tmp_path / "memory.npz")
     again, _ = DescriptorKNN.load(path)
@@ -196,3 +204,87 @@ def test_fit_scans_streams_a_uniform_sample_of_all_scans():
     assert abs(from_first - 3000) < 150  # 27000 of 36000 voxels: 3/4 of the bank (hypergeometric sd ~24)
     with pytest.raises(ValueError, match="no normal scan"):
         knn.fit_scans(iter([]))
+
+
+def test_hessian_shape_tells_a_blob_from_a_tube_and_a_sheet():
+    shape, sp = (48, 48, 48), (1.0, 1.0, 1.0)
+    grid = np.stack(np.meshgrid(*[np.arange(n, dtype=float) for n in shape], indexing="ij"), -1)
+    img = np.full(shape, -850.0, np.float32)
+    img[np.linalg.norm(grid - (12, 12, 24), axis=-1) <= 3.0] = 40.0  # a blob (nodule) of radius 3 mm
+    img[np.linalg.norm(grid[..., :2] - (36, 12), axis=-1) <= 2.0] = 40.0  # a tube (vessel) along z, radius 2 mm
+    img[:, 34:37, :] = np.where(grid[:, 34:37, :, 0] > 20, 40.0, img[:, 34:37, :])  # a sheet (fissure), 3 mm thick
+    centres = [(12, 12, 24), (36, 12, 24), (36, 35, 24), (12, 24, 40)]  # blob, tube, sheet, parenchyma
+    mask = np.zeros(shape, bool)
+    for c in centres:
+        mask[c] = True
+    f = hessian_shape_descriptors(img, sp, mask, scales_mm=(2.0,))
+    assert f.shape == (4, 2) and f.dtype == np.float32
+    order = np.argsort([np.ravel_multi_index(c, shape) for c in centres])  # rows follow the mask's C order
+    blob, tube, sheet, lung = f[np.argsort(order)]
+    # curved down in all three directions only in the blob; in at least two in the blob and the tube
+    assert blob[0] > 100 and blob[0] > 5 * tube[0] and blob[0] > 5 * sheet[0]
+    assert tube[1] > 100 and tube[1] > 5 * sheet[1]
+    np.testing.assert_allclose(lung, 0.0, atol=1.0)
+    # derivatives are in mm and scale-normalised: the same blob sampled at 2 mm gives about the same strength
+    coarse = hessian_shape_descriptors(img[::2, ::2, ::2], (2.0, 2.0, 2.0), None, (2.0,)).reshape(24, 24, 24, 2)
+    assert coarse[6, 6, 12, 0] == pytest.approx(blob[0], rel=0.25)
+    # a width finer than the voxels is taken at one voxel (second derivatives below the sampling are noise)
+    np.testing.assert_array_equal(
+        hessian_shape_descriptors(img[::2, ::2, ::2], (2.0, 2.0, 2.0), None, (0.5,)), coarse.reshape(-1, 2)
+    )
+    assert hessian_shape_descriptors(img, sp, mask, scales_mm=()).shape == (4, 0)
+    with pytest.raises(ValueError, match="shape_scales_mm"):
+        hessian_shape_descriptors(img, sp, mask, scales_mm=(-1.0,))
+
+
+def test_shape_features_tell_a_small_nodule_from_vessels():
+    """A nodule hardly wider than the vessels: smoothed HU alone ranks it among the vessel crossings; with the
+    Hessian shape features it stands above every vessel."""
+    sp = (1.0, 1.0, 1.0)
+    normals = [_lung_with_vessels(s)[0] for s in (1, 2, 3, 4)]
+    masks = [np.ones(n.shape, bool) for n in normals]
+    image, nodule = _lung_with_vessels(seed=7, nodule_mm=2.5)
+    vessels = (image > -400) & ~ndimage.binary_dilation(nodule, iterations=3)
+    whole = np.ones(image.shape, bool)
+    above = {}
+    for shape_scales in ((), (1.5, 3.0)):
+        knn = DescriptorKNN(scales_mm=(1.5, 3.0, 5.0), k=5, bank_size=30000, shape_scales_mm=shape_scales)
+        score = knn.fit(normals, masks, [sp] * 4)(image, whole, sp)
+        assert knn.bank.shape[1] == 3 + 2 * len(shape_scales)
+        above[shape_scales] = score[nodule].max() / np.percentile(score[vessels], 99.5)
+    assert above[()] < 1.0 < above[(1.5, 3.0)]
+
+
+def test_shape_features_are_kept_in_the_state_and_without_context():
+    from monai_simsid.apps.rules import lung_region_mask
+
+    img, sp = _chest(1)[0], (3.0, 3.0, 3.0)
+    region = lung_region_mask(img, sp)
+    knn = DescriptorKNN(scales_mm=(3.0, 6.0), k=3, bank_size=5000, context="lung_depth", shape_scales_mm=(3.0,))
+    knn.fit([img], [region], [sp])
+    assert knn.num_features == 2 + 2 + 1 and knn.bank.shape == (5000, 5)
+    again = DescriptorKNN.from_dict(knn.state_dict())
+    assert again.shape_scales_mm == (3.0,)
+    np.testing.assert_array_equal(again(img, region, sp), knn(img, region, sp))
+    crop = knn.without_context()  # drops the depth (the last feature) and keeps the shape features
+    assert crop.context is None and crop.shape_scales_mm == (3.0,)
+    np.testing.assert_array_equal(crop.bank, knn.bank[:, :4])
+    # a memory stored before the shape features: its state has no shape_scales_mm, and it describes without them
+    old = {**knn.state_dict(), "bank": knn.bank[:, [0, 1, 4]], "scale": knn.scale[[0, 1, 4]]}
+    del old["shape_scales_mm"]
+    assert DescriptorKNN.from_dict(old).shape_scales_mm == ()
+    with pytest.raises(ValueError, match="shape_scales_mm"):
+        DescriptorKNN(shape_scales_mm=(0.0,))
+
+
+def test_closed_form_eigenvalues_match_lapack():
+    from monai_simsid.apps.descriptor_knn import _symmetric_eigenvalues
+
+    rng = np.random.default_rng(0)
+    h = rng.normal(size=(5000, 3, 3)) * rng.uniform(0.01, 100, size=(5000, 1, 1))
+    h = h + h.transpose(0, 2, 1)
+    h[:3] = np.diag([2.0, 2.0, 2.0])  # degenerate: a multiple of the identity, and two equal eigenvalues
+    h[3:6] = np.diag([-1.0, 3.0, 3.0])
+    h[6] = 0.0
+    got = np.stack(_symmetric_eigenvalues(h[:, 0, 0], h[:, 1, 1], h[:, 2, 2], h[:, 0, 1], h[:, 0, 2], h[:, 1, 2]), 1)
+    np.testing.assert_allclose(got, np.linalg.eigvalsh(h), atol=1e-7 * np.abs(h).max())

@@ -158,6 +158,15 @@ def test_fusion_is_fitted_on_the_normals_and_stored_with_the_calibration(calibra
     assert "fusion" not in CalibrationHandler(net, inferer, normals, **kw)()
     with pytest.raises(ValueError, match="normative_depth_windows"):
         CalibrationHandler(net, inferer, normals, descriptor_fusion=True, **{**kw, "normative_depth_windows": None})
+    # the memory's settings come from descriptor_args (the bundle's config key of that name)
+    assert fusion.knn.shape_scales_mm == (1.5, 3.0, 5.0) and fusion.knn.num_features == 5 + 6 + 1  # the defaults
+    hu_only = CalibrationHandler(
+        net, inferer, normals, descriptor_fusion=True, descriptor_args={"shape_scales_mm": [], "k": 3}, **kw
+    )()
+    hu_knn = DescriptorFusion.from_dict(hu_only["fusion"]).knn
+    assert hu_knn.shape_scales_mm == () and hu_knn.k == 3 and hu_knn.bank.shape[1] == 5 + 1
+    with pytest.raises(ValueError, match="descriptor_args"):
+        CalibrationHandler(net, inferer, normals, descriptor_fusion=True, descriptor_args={"scale": 1}, **kw)
 
 
 def test_fused_map_is_the_mean_of_both_terms_with_the_normal_median_outside_the_lungs(calibrated):
