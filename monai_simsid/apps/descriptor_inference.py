@@ -115,6 +115,7 @@ class DescriptorPredictor(CalibratedMapPredictor):
             "grid": "input voxel grid (computed in closest-RAS voxel order)",
             "hu_clip": list(HU_RANGE),
             "scales_mm": list(knn.scales_mm),
+            "shape_scales_mm": list(knn.shape_scales_mm),
             "context": knn.context,
         }
         preparer = DescriptorCasePreparer(region, check_ct)

@@ -8,6 +8,11 @@ bank, in the spirit of PatchCore, but of fixed physical descriptors rather than 
 training and is stable across scanners) and scores a voxel by the mean distance to its ``k`` nearest normal
 descriptors, each feature divided by its spread over the normal bank. Everything it stores comes from normal scans.
 
+Smoothed HU cannot tell a small nodule from a vessel of the same width and density. By default the descriptor also
+holds their shape (:func:`hessian_shape_descriptors`): at 1.5, 3 and 5 mm, the blob strength and the blob-or-tube
+strength of the HU, read off the eigenvalues of its Hessian (a nodule curves down in three directions, a vessel in
+two). ``shape_scales_mm=()`` leaves them out.
+
 With ``context="lung_depth"`` (for whole chest scans) each descriptor also holds the voxel's signed distance to the
 boundary of the closed lung envelope (:func:`lung_envelope_depth`): the same soft tissue is normal in the chest wall
 and the mediastinum just outside the envelope, and abnormal deep inside it (a mass, including one touching the
@@ -106,13 +111,12 @@ def hessian_shape_descriptors(
     """Blob and tube strength of the HU at each scale, from the eigenvalues of its Hessian, for the voxels of ``mask``.
 
     At each Gaussian width ``s`` the Hessian of the smoothed HU (clipped to ``[-1000, 400]``, derivatives in mm) is
-    scale-normalised by ``s**2`` and its eigenvalues sorted ``l1 <= l2 <= l3``. Along an axis whose voxels are
-    coarser than ``s`` the width is one voxel instead (second derivatives below the sampling are noise), normalised
-    by that width. A bright structure curves down
+    scale-normalised by ``s**2`` and its eigenvalues sorted ``l1 <= l2 <= l3``. A bright structure curves down
     across itself: a compact blob (a nodule) in all three directions (``l3 < 0``), a tube (a vessel) in two
     (``l2 < 0``, ``l3`` near 0), a sheet (a fissure, the pleura) in one. The two features per scale are
     ``max(-l3, 0)`` (blob strength) and ``max(-l2, 0)`` (blob or tube), in HU. Smoothed HU alone cannot tell a
-    small nodule from a vessel of the same width and density; these can.
+    small nodule from a vessel of the same width and density; these can. Along an axis whose voxels are coarser than
+    ``s`` the width is one voxel instead, normalised by that width: second derivatives below the sampling are noise.
 
     Args:
         image_hu: CT ``(X, Y, Z)`` in HU.
@@ -410,7 +414,8 @@ class DescriptorKNN:
             raise ValueError(f"depth {np.shape(depth)} and image {img.shape} differ in shape.")
         if all(s == 1 for s in steps) or not mask.any():
             out = np.zeros(img.shape, dtype=np.float32)
-            out[mask] = self._search(_descriptors(img, spacing, mask, self.scales_mm, self.shape_scales_mm, self.context, depth), chunk)
+            feats = _descriptors(img, spacing, mask, self.scales_mm, self.shape_scales_mm, self.context, depth)
+            out[mask] = self._search(feats, chunk)
             return out
         steps = tuple(int(s) for s in steps)
         # pad at the end (edge values, as the smoothing does) so that the last voxel of each axis is a coarse node
@@ -427,7 +432,8 @@ class DescriptorKNN:
         nodes = np.zeros(img_p.shape, dtype=bool)
         nodes[tuple(slice(None, None, s) for s in steps)] = need
         coarse = np.zeros(need.shape, dtype=np.float32)
-        coarse[need] = self._search(_descriptors(img_p, spacing, nodes, self.scales_mm, self.shape_scales_mm, self.context, depth_p), chunk)
+        feats = _descriptors(img_p, spacing, nodes, self.scales_mm, self.shape_scales_mm, self.context, depth_p)
+        coarse[need] = self._search(feats, chunk)
         full = F.interpolate(torch.from_numpy(coarse)[None, None], size=img_p.shape, mode="trilinear", align_corners=True)
         full = full[0, 0].numpy()[tuple(slice(0, n) for n in img.shape)]
         return np.where(mask, full, np.float32(0)).astype(np.float32)
@@ -519,7 +525,8 @@ class DescriptorKNN:
         if not self.is_fitted:
             raise RuntimeError("DescriptorKNN is not fitted: nothing to save.")
         state = self.state_dict()
-        meta = {k: state[k] for k in ("scales_mm", "shape_scales_mm", "k", "bank_size", "seed", "context")} | {"extra": extra}
+        keys = ("scales_mm", "shape_scales_mm", "k", "bank_size", "seed", "context")
+        meta = {k: state[k] for k in keys} | {"extra": extra}
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to the temporary name
                 np.savez_compressed(f, bank=state["bank"], scale=state["scale"], meta=np.array(json.dumps(meta)))

@@ -651,6 +651,7 @@ class AnomalyPredictor(CalibratedMapPredictor):
                 "bank_size": int(self.fusion.knn.bank.shape[0]),
                 "k": self.fusion.knn.k,
                 "scales_mm": list(self.fusion.knn.scales_mm),
+                "shape_scales_mm": list(self.fusion.knn.shape_scales_mm),
                 "search_mm": self.fusion.search_mm,
                 "region": self.fusion.region,
                 "grid": "model" if self.normative_positions else "input",
