@@ -58,15 +58,15 @@ def test_train_writes_one_calibrated_memory_file(memory):
     assert extra["bundle"] == BUNDLE and extra["version"] == json.load(open(bundle_config(BUNDLE, "metadata.json")))["version"] and knn.k == 5 and knn.bank.shape[0] == 3000
     assert extra["calibrated_on"] == "validation" and extra["calibration"]["source"] == "1 validation normal scan(s)"
     assert [p.name for p in memory.parent.iterdir()] == ["memory.npz"]
-    # the descriptor: HU at five widths, blob and tube strength at three, the lung-envelope depth
-    assert knn.shape_scales_mm == (1.5, 3.0, 5.0) and knn.bank.shape[1] == 5 + 6 + 1
-
-
-def test_shape_features_can_be_turned_off(chest_datalist, tmp_path):
-    _run(bundle_config(BUNDLE, "train.json"), datalist=str(chest_datalist), output_dir=str(tmp_path), shape_scales_mm=[],
-         **SMALL)  # fmt: skip
-    knn, _ = load_descriptor_memory(tmp_path / "models" / "memory.npz", BUNDLE)
+    # the descriptor by default: HU at five widths and the lung-envelope depth (no shape features)
     assert knn.shape_scales_mm == () and knn.bank.shape[1] == 5 + 1
+
+
+def test_shape_features_can_be_turned_on(chest_datalist, tmp_path):
+    _run(bundle_config(BUNDLE, "train.json"), datalist=str(chest_datalist), output_dir=str(tmp_path),
+         shape_scales_mm=[1.5, 3.0, 5.0], **SMALL)  # fmt: skip
+    knn, _ = load_descriptor_memory(tmp_path / "models" / "memory.npz", BUNDLE)
+    assert knn.shape_scales_mm == (1.5, 3.0, 5.0) and knn.bank.shape[1] == 5 + 6 + 1
 
 
 def test_inference_keeps_each_scans_geometry_and_lists_bad_inputs(memory, chest_datalist, tmp_path):
