@@ -139,7 +139,7 @@ def hessian_shape_descriptors(
     out = np.zeros((n, 2 * len(scales)), dtype=np.float32)
     if not n or not scales:
         return out
-    box = _bbox(mask, np.ceil(3.0 * max(scales) / sp).astype(int) + 1)
+    box = _bbox(mask, np.ceil(6.0 * max(scales) / sp).astype(int) + 1)
     sub = np.clip(img[box].astype(np.float32), *HU_RANGE)
     inner = mask[box]
     pairs = [(i, j) for i in range(3) for j in range(i, 3)]  # (0,0) (0,1) (0,2) (1,1) (1,2) (2,2)
@@ -151,7 +151,9 @@ def hessian_shape_descriptors(
             order = [0, 0, 0]
             order[i] += 1
             order[j] += 1
-            d = ndimage.gaussian_filter(sub, sigma=sigma, order=order, mode="nearest")[inner]
+            # 6 widths, not scipy's 4: a derivative kernel cut at 4 widths does not sum to 0, and on the -850 HU of
+            # the lung that left an offset that jumped when rounding moved the cut by one voxel
+            d = ndimage.gaussian_filter(sub, sigma=sigma, order=order, mode="nearest", truncate=6.0)[inner]
             hessian[row] = d * np.float32(width[i] * width[j] / (sp[i] * sp[j]))
         for start in range(0, n, 1_000_000):  # bound the float64 temporaries
             h = hessian[:, start : start + 1_000_000].astype(np.float64)

@@ -233,6 +233,12 @@ def test_hessian_shape_tells_a_blob_from_a_tube_and_a_sheet():
         hessian_shape_descriptors(img[::2, ::2, ::2], (2.0, 2.0, 2.0), None, (0.5,)), coarse.reshape(-1, 2)
     )
     assert hessian_shape_descriptors(img, sp, mask, scales_mm=()).shape == (4, 0)
+    # a spacing read back in float32 (0.8 -> 0.800000012) gives the same features: no derivative kernel is cut short
+    # enough for its sum, times the -850 HU of the lung, to show (scipy's default cut did, at 1.875 voxels)
+    lung = np.random.default_rng(0).normal(-850.0, 20.0, (30, 30, 24)).astype(np.float32)
+    exact = hessian_shape_descriptors(lung, (0.6, 0.6, 0.8), None, (1.5,))
+    rounded = hessian_shape_descriptors(lung, tuple(float(np.float32(s)) for s in (0.6, 0.6, 0.8)), None, (1.5,))
+    np.testing.assert_allclose(rounded, exact, atol=0.05)
     with pytest.raises(ValueError, match="shape_scales_mm"):
         hessian_shape_descriptors(img, sp, mask, scales_mm=(-1.0,))
 

@@ -246,7 +246,7 @@ def test_descriptor_fusion_is_the_default_and_can_be_turned_off(trained, synthet
     assert predictor.report_extra()["fusion"]["search_mm"] == 3.0
     timing = load_tool("bench_fusion").time_checkpoint(str(trained), case["image"], repeats=1)
     assert (timing["search_mm"], timing["region"]) == (3.0, "depth") and timing["region_voxels"] > 0
-    assert timing["predict_s"] >= timing["descriptor_term_s"] >= 0
+    assert timing["predict_s"] > 0 and timing["descriptor_term_s"] > 0  # (their order is noise at one repeat)
 
 
 def test_a_crop_is_fused_on_its_own_grid(trained, tmp_path):
