@@ -480,11 +480,37 @@ class DescriptorKNN:
         out.bank_sources = self.bank_sources
         return out
 
-    def _like(self, context: str | None) -> DescriptorKNN:
-        """An unfitted memory with these settings and ``context``."""
+    def with_shape_scales(self, shape_scales_mm: Sequence[float]) -> DescriptorKNN:
+        """The same fitted bank with only the shape features of ``shape_scales_mm`` (a subset of this memory's
+        widths): the memory that fitting with those widths would give, from the same normal voxels, without
+        describing them again.
+
+        Raises:
+            RuntimeError: if not fitted.
+            ValueError: a width this memory does not have.
+        """
+        if not self.is_fitted:
+            raise RuntimeError("DescriptorKNN is not fitted: call fit() or from_dict() first.")
+        keep = _check_scales(shape_scales_mm, "shape_scales_mm", allow_empty=True)
+        unknown = [s for s in keep if s not in self.shape_scales_mm]
+        if unknown:
+            raise ValueError(f"shape widths {unknown} are not among this memory's {list(self.shape_scales_mm)}.")
+        n_hu = len(self.scales_mm)
+        columns = list(range(n_hu))
+        for s in keep:
+            k = self.shape_scales_mm.index(s)
+            columns += [n_hu + 2 * k, n_hu + 2 * k + 1]
+        columns += list(range(n_hu + 2 * len(self.shape_scales_mm), self.num_features))  # the context, if any
+        out = self._like(self.context, keep)
+        out._set(self.bank[:, columns], self.scale[columns])
+        out.bank_sources = self.bank_sources
+        return out
+
+    def _like(self, context: str | None, shape_scales_mm: Sequence[float] | None = None) -> DescriptorKNN:
+        """An unfitted memory with these settings, ``context`` and ``shape_scales_mm`` (default: this memory's)."""
         return DescriptorKNN(
             self.scales_mm, k=self.k, bank_size=self.bank_size, seed=self.seed, context=context,
-            shape_scales_mm=self.shape_scales_mm,
+            shape_scales_mm=self.shape_scales_mm if shape_scales_mm is None else shape_scales_mm,
         )
 
     def state_dict(self) -> dict[str, Any]:

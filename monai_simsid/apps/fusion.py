@@ -76,6 +76,13 @@ def _sample(mask: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
+def _crop_memory(knn: DescriptorKNN, shape_scales_mm: Sequence[float] | None) -> DescriptorKNN:
+    """The memory for inputs without a lung envelope: ``knn`` without its depth feature, with only the shape widths
+    ``shape_scales_mm`` (``None``: all of them)."""
+    crop = knn.without_context()
+    return crop if shape_scales_mm is None else crop.with_shape_scales(shape_scales_mm)
+
+
 def _check_region(region: str) -> str:
     if region not in REGIONS:
         raise ValueError(f"region must be one of {REGIONS}, got {region!r}.")
@@ -108,10 +115,13 @@ class DescriptorFusion:
             (:func:`~monai_simsid.apps.descriptor_knn.search_step`), the distances interpolated in between (``None``:
             on every voxel); ``unit`` comes from the same search. A crop is always searched on every voxel.
         region: how the lung region is found (one of :data:`REGIONS`).
+        crop_shape_scales_mm: the shape widths of the crop memory, a subset of ``knn``'s (``None``: all of them). A
+            crop is a few centimetres across (the LIDC crops: median 31 x 31 x 10 mm), so a wide second derivative
+            there mostly describes the edge values repeated beyond it.
 
     Raises:
-        ValueError: a memory without the depth context, non-positive units or scale, or a bad ``search_mm`` or
-            ``region``.
+        ValueError: a memory without the depth context, non-positive units or scale, a bad ``search_mm`` or
+            ``region``, or crop widths that ``knn`` does not have.
     """
 
     kind = "descriptor_mean"
@@ -127,6 +137,7 @@ class DescriptorFusion:
         outside: float = 0.0,
         search_mm: float | None = 3.0,
         region: str = "depth",
+        crop_shape_scales_mm: Sequence[float] | None = None,
     ) -> None:
         if not isinstance(knn, DescriptorKNN) or not knn.is_fitted or knn.context != "lung_depth":
             raise ValueError("knn must be a fitted DescriptorKNN with the 'lung_depth' context.")
@@ -141,7 +152,8 @@ class DescriptorFusion:
         self.region = _check_region(region)
         self.outside = float(outside)
         self.knn = knn
-        self.crop_knn = knn.without_context()
+        self.crop_shape_scales_mm = None if crop_shape_scales_mm is None else tuple(float(s) for s in crop_shape_scales_mm)
+        self.crop_knn = _crop_memory(knn, self.crop_shape_scales_mm)
         self.unit, self.unit_crop = float(unit), float(unit_crop)
         self.model_threshold, self.model_scale = float(model_threshold), float(model_scale)
         self.hu_windows = [[float(lo), float(hi)] for lo, hi in hu_windows]
@@ -160,6 +172,7 @@ class DescriptorFusion:
         calibrate: Sequence[bool] | None = None,
         search_mm: float | None = 3.0,
         region: str = "depth",
+        crop_shape_scales_mm: Sequence[float] | None = None,
         **knn_args: Any,
     ) -> tuple[DescriptorFusion, list[tuple[np.ndarray, np.ndarray]]]:
         """Fit the memory on normal model-space images and set both units from normal scans.
@@ -179,7 +192,7 @@ class DescriptorFusion:
             model_threshold, model_scale: see the class.
             in_bank, calibrate: per image, whether its voxels fill the bank and whether it sets the units (default:
                 every image does both).
-            search_mm, region: see the class.
+            search_mm, region, crop_shape_scales_mm: see the class.
             knn_args: for :class:`~monai_simsid.apps.descriptor_knn.DescriptorKNN` (``k``, ``bank_size``, ``seed``).
 
         Returns:
@@ -227,11 +240,13 @@ class DescriptorFusion:
         inside = np.concatenate([dist[i][regions[i]] for i in memories])
         rng = np.random.default_rng(0)
         samples = {i: _sample(regions[i], CROP_UNIT_VOXELS, rng) for i in memories}
-        crop = [m.without_context()(hus[i], samples[i], spacings[i])[samples[i]] for i, m in memories.items()]
+        crop = [
+            _crop_memory(m, crop_shape_scales_mm)(hus[i], samples[i], spacings[i])[samples[i]] for i, m in memories.items()
+        ]
         unit = _unit([inside])
         fusion = cls(
             knn, unit, _unit(crop), model_threshold, model_scale, hu_windows, float(np.median(inside)) / unit, search_mm,
-            region,
+            region, crop_shape_scales_mm,
         )
         return fusion, [(dist[i] / np.float32(unit), regions[i]) for i in memories]
 
@@ -296,6 +311,7 @@ class DescriptorFusion:
             "outside": self.outside,
             "search_mm": self.search_mm,
             "region": self.region,
+            "crop_shape_scales_mm": None if self.crop_shape_scales_mm is None else list(self.crop_shape_scales_mm),
             "model_threshold": self.model_threshold,
             "model_scale": self.model_scale,
             "hu_windows": self.hu_windows,
@@ -307,7 +323,8 @@ class DescriptorFusion:
         """Rebuild from :meth:`to_dict`.
 
         A fusion stored without ``search_mm`` and ``region`` (simsid_ct 0.7.0) keeps the full-resolution search and region
-        its units were measured with.
+        its units were measured with; one stored without ``crop_shape_scales_mm`` (before simsid_ct 0.11.0) scores
+        crops with all the memory's shape widths, as its crop unit was measured.
 
         Raises:
             ValueError: another kind, or a missing entry.
@@ -322,4 +339,5 @@ class DescriptorFusion:
         return cls(
             DescriptorKNN.from_dict(data["knn"]), data["unit"], data["unit_crop"], data["model_threshold"],
             data["model_scale"], data["hu_windows"], data["outside"], data.get("search_mm"), data.get("region", "mask"),
+            data.get("crop_shape_scales_mm"),
         )

@@ -651,7 +651,8 @@ class AnomalyPredictor(CalibratedMapPredictor):
                 "bank_size": int(self.fusion.knn.bank.shape[0]),
                 "k": self.fusion.knn.k,
                 "scales_mm": list(self.fusion.knn.scales_mm),
-                "shape_scales_mm": list(self.fusion.knn.shape_scales_mm),
+                # the widths this input was described with: a crop gets the crop memory's
+                "shape_scales_mm": list((self.fusion.knn if self.normative_positions else self.fusion.crop_knn).shape_scales_mm),
                 "search_mm": self.fusion.search_mm,
                 "region": self.fusion.region,
                 "grid": "model" if self.normative_positions else "input",

@@ -13,6 +13,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from monai_simsid.apps.calibration import compute_calibration, voxel_statistics
+from monai_simsid.apps.descriptor_knn import DEFAULT_SHAPE_SCALES_MM
 from monai_simsid.apps.checkpoint import save_model_checkpoint
 from monai_simsid.apps.fusion import DescriptorFusion, NoLungRegionError
 from monai_simsid.apps.normative import (
@@ -128,7 +129,8 @@ class CalibrationHandler:
             scans when the units are set (see :meth:`~monai_simsid.apps.fusion.DescriptorFusion.fit`).
         descriptor_args: settings of the fusion's descriptor memory
             (:class:`~monai_simsid.apps.descriptor_knn.DescriptorKNN`: ``scales_mm``, ``shape_scales_mm``, ``k``,
-            ``bank_size``, ``seed``); default: its defaults.
+            ``bank_size``, ``seed``; default: its defaults) and ``crop_shape_scales_mm``, the shape widths of the memory
+            that scores inputs without a lung envelope (see :class:`~monai_simsid.apps.fusion.DescriptorFusion`).
     """
 
     def __init__(
@@ -181,9 +183,16 @@ class CalibrationHandler:
             raise ValueError("descriptor_fusion needs normative_depth_windows (the lung-envelope depth of chest CT).")
         self.bank_items = list(bank_items) if bank_items else None
         self.descriptor_args = dict(descriptor_args or {})
-        unknown = set(self.descriptor_args) - {"scales_mm", "shape_scales_mm", "k", "bank_size", "seed"}
+        unknown = set(self.descriptor_args) - {"scales_mm", "shape_scales_mm", "crop_shape_scales_mm", "k", "bank_size", "seed"}
         if unknown:
             raise ValueError(f"descriptor_args: unknown settings {sorted(unknown)}.")
+        crop_widths = self.descriptor_args.get("crop_shape_scales_mm")
+        widths = self.descriptor_args.get("shape_scales_mm", DEFAULT_SHAPE_SCALES_MM)
+        if crop_widths is not None and not {float(w) for w in crop_widths} <= {float(w) for w in widths}:
+            # checked here, not when the fusion is fitted after training
+            raise ValueError(
+                f"descriptor_args: crop_shape_scales_mm {list(crop_widths)} must be among shape_scales_mm {list(widths)}."
+            )
         self.calibration: dict[str, Any] | None = None
 
     def _fit_fusion(self, depths: list[np.ndarray], v_thr: float, v_scale: float) -> tuple[DescriptorFusion, list]:

@@ -283,6 +283,38 @@ def test_shape_features_are_kept_in_the_state_and_without_context():
         DescriptorKNN(shape_scales_mm=(0.0,))
 
 
+def test_a_memory_keeps_a_subset_of_its_shape_widths():
+    """``with_shape_scales`` gives the memory that fitting with those widths would give, from the same voxels."""
+    normals = [_lung_with_vessels(s)[0] for s in (1, 2)]
+    masks, sp = [np.ones(n.shape, bool) for n in normals], [(1.0, 1.0, 1.0)] * 2
+    args = dict(scales_mm=(1.5, 3.0), k=3, bank_size=4000, context="lung_depth")
+    wide = DescriptorKNN(shape_scales_mm=(1.5, 3.0, 8.0), **args).fit(normals, masks, sp)
+    narrow = DescriptorKNN(shape_scales_mm=(1.5, 8.0), **args).fit(normals, masks, sp)
+    kept = wide.with_shape_scales((1.5, 8.0))
+    assert kept.shape_scales_mm == (1.5, 8.0) and kept.context == "lung_depth" and kept.num_features == 2 + 4 + 1
+    np.testing.assert_allclose(kept.bank, narrow.bank, rtol=1e-6)
+    np.testing.assert_allclose(kept.scale, narrow.scale, rtol=1e-6)
+    assert np.array_equal(kept.bank_sources, wide.bank_sources)
+    assert wide.with_shape_scales(()).num_features == 2 + 1
+    with pytest.raises(ValueError, match="not among"):
+        wide.with_shape_scales((5.0,))
+    with pytest.raises(RuntimeError, match="not fitted"):
+        DescriptorKNN().with_shape_scales(())
+
+
+def test_a_wide_shape_width_sees_the_centre_of_a_large_mass():
+    """A mass of 30 mm is flat inside: at widths of 1.5 and 3 mm its centre has no curvature, like parenchyma, and
+    at 5 mm little; at a width near its radius / sqrt(3) it is a blob (why whole scans get a width of 8 mm)."""
+    shape, sp = (40, 40, 40), (2.0, 2.0, 2.0)
+    grid = np.stack(np.meshgrid(*[np.arange(n, dtype=float) * 2.0 for n in shape], indexing="ij"), -1)
+    img = np.full(shape, -850.0, np.float32)
+    img[np.linalg.norm(grid - 40.0, axis=-1) <= 15.0] = 40.0
+    centre = np.zeros(shape, bool)
+    centre[20, 20, 20] = True
+    blob = hessian_shape_descriptors(img, sp, centre, (1.5, 3.0, 5.0, 8.0))[0, ::2]
+    assert np.all(blob[:2] < 0.01 * blob[3]) and blob[3] > 3 * blob[2] and blob[3] > 100
+
+
 def test_closed_form_eigenvalues_match_lapack():
     from monai_simsid.apps.descriptor_knn import _symmetric_eigenvalues
 

@@ -233,6 +233,41 @@ def test_fusion_round_trips_and_rejects_bad_state(calibrated, tmp_path):
     np.testing.assert_allclose(term, old.knn(np.clip(hu, -1000, 500), region, SPACING, depth=depth) / old.unit, rtol=1e-4)
 
 
+def test_crop_memory_keeps_only_the_crop_shape_widths(calibrated):
+    """Whole scans get every shape width; inputs without a lung envelope (crops) only ``crop_shape_scales_mm``, and
+    their unit is measured with that memory."""
+    net, inferer, normals, kw, _ = calibrated
+    args = {"shape_scales_mm": [1.5, 3.0, 6.0], "crop_shape_scales_mm": [1.5, 3.0]}
+    cal = CalibrationHandler(net, inferer, normals, descriptor_fusion=True, descriptor_args=args, **kw)()
+    fusion = DescriptorFusion.from_dict(cal["fusion"])
+    assert fusion.knn.shape_scales_mm == (1.5, 3.0, 6.0) and fusion.knn.num_features == 5 + 6 + 1
+    assert fusion.crop_knn.shape_scales_mm == (1.5, 3.0) and fusion.crop_knn.context is None
+    np.testing.assert_array_equal(fusion.crop_knn.bank, fusion.knn.bank[:, : 5 + 4])  # the same voxels, 6 mm dropped
+    depths = [lung_depth_from_windows(i["image"], WINDOWS, SPACING) for i in normals]
+    hus = [np.clip(_item(s)[1], -1000, 500) for s in range(3)]
+    refit = DescriptorKNN(context="lung_depth", shape_scales_mm=(1.5, 3.0, 6.0)).fit_scans(
+        zip(hus, [d >= -5.0 for d in depths], [SPACING] * 3, depths)
+    )
+    crop = np.concatenate([
+        refit.leave_out(n).without_context().with_shape_scales((1.5, 3.0))(h, d >= -5.0, SPACING)[d >= -5.0]
+        for n, (h, d) in enumerate(zip(hus, depths))
+    ])  # fmt: skip
+    assert fusion.unit_crop == pytest.approx(float(np.percentile(crop, 99.9)), rel=1e-4)
+    # a crop is described with the crop widths only
+    hu = np.clip(_item(7, radius_mm=6.0)[1], -1000, 500)[8:24, 8:24, 8:24]
+    term, region = fusion.crop_term(hu, SPACING)
+    np.testing.assert_allclose(term, fusion.crop_knn(hu, region, SPACING) / fusion.unit_crop, rtol=1e-6)
+    # stored and read back; a fusion stored before the setting (None) scores crops with every width, as it was measured
+    assert DescriptorFusion.from_dict(fusion.to_dict()).crop_knn.shape_scales_mm == (1.5, 3.0)
+    old = DescriptorFusion.from_dict({k: v for k, v in cal["fusion"].items() if k != "crop_shape_scales_mm"})
+    assert old.crop_shape_scales_mm is None and old.crop_knn.shape_scales_mm == (1.5, 3.0, 6.0)
+    # a crop width the memory does not have: refused when the handler is built (before any training), and by the class
+    with pytest.raises(ValueError, match="crop_shape_scales_mm"):
+        CalibrationHandler(net, inferer, normals, descriptor_fusion=True, descriptor_args={"crop_shape_scales_mm": [8]}, **kw)
+    with pytest.raises(ValueError, match="not among"):
+        DescriptorFusion(fusion.knn, 1.0, 1.0, 0.0, 1.0, WINDOWS, crop_shape_scales_mm=(5.0,))
+
+
 def test_normals_without_lungs_skip_the_fusion_with_a_warning(calibrated, caplog):
     from monai.data import MetaTensor
 
