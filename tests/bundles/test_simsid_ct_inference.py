@@ -240,6 +240,10 @@ def test_descriptor_fusion_is_the_default_and_can_be_turned_off(trained, synthet
     # a crop without a body frame uses the bank without the depth feature
     crop = load_predictor("simsid_ct", trained, preprocessing_overrides={"body_mode": "whole"})
     assert crop.report_extra()["fusion"]["descriptor"].startswith("plain")
+    # the bundle's descriptor_args: whole scans are described at four shape widths, crops at the three finest
+    assert predictor.fusion.knn.shape_scales_mm == (1.5, 3.0, 5.0, 8.0) and predictor.fusion.crop_knn.shape_scales_mm == (1.5, 3.0, 5.0)
+    assert predictor.report_extra()["fusion"]["shape_scales_mm"] == [1.5, 3.0, 5.0, 8.0]
+    assert crop.report_extra()["fusion"]["shape_scales_mm"] == [1.5, 3.0, 5.0]
     assert crop.predict(case).anomaly_map.max() > 0
     # the stored fusion searches a 3 mm grid and reads the lung region off the depth; the timing tool reads it back
     assert (predictor.fusion.search_mm, predictor.fusion.region) == (3.0, "depth")
