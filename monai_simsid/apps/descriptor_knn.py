@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,21 @@ def _check_scales(scales_mm: Sequence[float], name: str = "scales_mm", allow_emp
     return scales
 
 
+def _gaussian_filters(image: np.ndarray, inner: np.ndarray, jobs: Sequence[dict[str, Any]]) -> list[np.ndarray]:
+    """``[ndimage.gaussian_filter(image, mode="nearest", **job)[inner] for job in jobs]``, on as many threads as torch
+    may use (``torch.get_num_threads()``, e.g. ``OMP_NUM_THREADS``). scipy's filters release the GIL and run one
+    thread each, so the threads filter in parallel; the results are the same as one after the other."""
+
+    def run(job: dict[str, Any]) -> np.ndarray:
+        return ndimage.gaussian_filter(image, mode="nearest", **job)[inner]
+
+    workers = min(len(jobs), max(1, torch.get_num_threads()))
+    if workers <= 1:
+        return [run(job) for job in jobs]
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(run, jobs))
+
+
 def multiscale_descriptors(
     image_hu: Any, spacing: Sequence[float], mask: Any = None, scales_mm: Sequence[float] = DEFAULT_SCALES_MM
 ) -> np.ndarray:
@@ -100,8 +116,8 @@ def multiscale_descriptors(
     box = _bbox(mask, np.ceil(3.0 * max(scales) / sp).astype(int) + 1)
     sub = np.clip(img[box].astype(np.float32), *HU_RANGE)
     inner = mask[box]
-    for i, s in enumerate(scales):
-        out[:, i] = ndimage.gaussian_filter(sub, sigma=s / sp, mode="nearest")[inner]
+    for i, smoothed in enumerate(_gaussian_filters(sub, inner, [{"sigma": s / sp} for s in scales])):
+        out[:, i] = smoothed
     return out
 
 
@@ -147,13 +163,11 @@ def hessian_shape_descriptors(
     for k, s in enumerate(scales):
         sigma = np.maximum(s / sp, 1.0)  # voxels; second derivatives finer than the sampling are noise
         width = sigma * sp  # the width in mm actually used per axis
-        for row, (i, j) in enumerate(pairs):
-            order = [0, 0, 0]
-            order[i] += 1
-            order[j] += 1
-            # 6 widths, not scipy's 4: a derivative kernel cut at 4 widths does not sum to 0, and on the -850 HU of
-            # the lung that left an offset that jumped when rounding moved the cut by one voxel
-            d = ndimage.gaussian_filter(sub, sigma=sigma, order=order, mode="nearest", truncate=6.0)[inner]
+        orders = [[int(i == a) + int(j == a) for a in range(3)] for i, j in pairs]
+        # 6 widths, not scipy's 4: a derivative kernel cut at 4 widths does not sum to 0, and on the -850 HU of
+        # the lung that left an offset that jumped when rounding moved the cut by one voxel
+        jobs = [{"sigma": sigma, "order": order, "truncate": 6.0} for order in orders]
+        for row, ((i, j), d) in enumerate(zip(pairs, _gaussian_filters(sub, inner, jobs))):
             hessian[row] = d * np.float32(width[i] * width[j] / (sp[i] * sp[j]))
         for start in range(0, n, 1_000_000):  # bound the float64 temporaries
             h = hessian[:, start : start + 1_000_000].astype(np.float64)

@@ -315,6 +315,29 @@ def test_a_wide_shape_width_sees_the_centre_of_a_large_mass():
     assert np.all(blob[:2] < 0.01 * blob[3]) and blob[3] > 3 * blob[2] and blob[3] > 100
 
 
+def test_descriptors_are_the_same_on_one_thread_and_on_several():
+    """The Gaussian filters run on torch's thread count in parallel (scipy releases the GIL): same results."""
+    import torch
+
+    image, _ = _lung_with_vessels(seed=5, nodule_mm=3.0)
+    mask = image > -900
+    threads = torch.get_num_threads()
+    try:
+        out = {}
+        for n in (1, 3):
+            torch.set_num_threads(n)
+            out[n] = (
+                multiscale_descriptors(image, (1.0, 1.0, 1.2), mask, (1.5, 3.0)),
+                hessian_shape_descriptors(image, (1.0, 1.0, 1.2), mask, (1.5, 4.0)),
+            )
+    finally:
+        torch.set_num_threads(threads)
+    for one, several in zip(out[1], out[3]):
+        assert one.shape[0] == mask.sum() and np.array_equal(one, several)
+    # and the same as scipy's filter on the whole image, read at the mask
+    np.testing.assert_array_equal(out[1][0][:, 1], ndimage.gaussian_filter(image, (3.0, 3.0, 2.5), mode="nearest")[mask])
+
+
 def test_closed_form_eigenvalues_match_lapack():
     from monai_simsid.apps.descriptor_knn import _symmetric_eigenvalues
 
