@@ -13,8 +13,8 @@ import torch
 from ignite.engine import Engine, Events
 
 from monai_simsid.apps.calibration import compute_calibration, voxel_statistics
-from monai_simsid.apps.descriptor_knn import DEFAULT_SHAPE_SCALES_MM
 from monai_simsid.apps.checkpoint import save_model_checkpoint
+from monai_simsid.apps.descriptor_knn import DEFAULT_SHAPE_SCALES_MM
 from monai_simsid.apps.fusion import DescriptorFusion, NoLungRegionError
 from monai_simsid.apps.normative import (
     LungDepthNormativeMap,
