@@ -27,7 +27,9 @@ same way. A scan with a lung envelope uses the memory with the depth feature; an
 inside the lung) uses the same bank without it, over the whole input. A crop is small, so it is searched on every
 voxel of its own grid (:meth:`DescriptorFusion.crop_term`; small nodules are a few voxels wide, fewer still on the
 1.5 mm model grid), the model term is resampled to that grid and the two are fused there; its unit comes from a
-full-resolution search of a random sample of the normal lung-region voxels. Everything comes from normal scans only.
+full-resolution search of a random sample of the normal lung-region voxels. The crop memory may hold fewer of the
+Hessian shape widths (``crop_shape_scales_mm``: a crop a few centimetres across cannot support a wide second
+derivative). Everything comes from normal scans only.
 """
 
 from __future__ import annotations
