@@ -486,13 +486,7 @@ class DescriptorKNN:
     def without_context(self) -> DescriptorKNN:
         """The same fitted bank with the context feature dropped: a memory for voxels without a lung envelope (e.g.
         a crop inside the lung), drawn from the same normal voxels."""
-        if not self.is_fitted:
-            raise RuntimeError("DescriptorKNN is not fitted: call fit() or from_dict() first.")
-        out = self._like(None)
-        n = out.num_features
-        out._set(self.bank[:, :n], self.scale[:n])
-        out.bank_sources = self.bank_sources
-        return out
+        return self._columns(None, self.shape_scales_mm)
 
     def with_shape_scales(self, shape_scales_mm: Sequence[float]) -> DescriptorKNN:
         """The same fitted bank with only the shape features of ``shape_scales_mm`` (a subset of this memory's
@@ -503,19 +497,25 @@ class DescriptorKNN:
             RuntimeError: if not fitted.
             ValueError: a width this memory does not have.
         """
-        if not self.is_fitted:
-            raise RuntimeError("DescriptorKNN is not fitted: call fit() or from_dict() first.")
         keep = _check_scales(shape_scales_mm, "shape_scales_mm", allow_empty=True)
         unknown = [s for s in keep if s not in self.shape_scales_mm]
         if unknown:
             raise ValueError(f"shape widths {unknown} are not among this memory's {list(self.shape_scales_mm)}.")
+        return self._columns(self.context, keep)
+
+    def _columns(self, context: str | None, shape_scales_mm: Sequence[float]) -> DescriptorKNN:
+        """The same fitted bank restricted to the HU features, the shape features of ``shape_scales_mm`` (a subset of
+        this memory's) and the context feature if ``context`` is kept: the same normal voxels, the same scale."""
+        if not self.is_fitted:
+            raise RuntimeError("DescriptorKNN is not fitted: call fit() or from_dict() first.")
         n_hu = len(self.scales_mm)
         columns = list(range(n_hu))
-        for s in keep:
+        for s in shape_scales_mm:
             k = self.shape_scales_mm.index(s)
             columns += [n_hu + 2 * k, n_hu + 2 * k + 1]
-        columns += list(range(n_hu + 2 * len(self.shape_scales_mm), self.num_features))  # the context, if any
-        out = self._like(self.context, keep)
+        if context is not None:
+            columns.append(self.num_features - 1)  # the context is the last feature
+        out = self._like(context, shape_scales_mm)
         out._set(self.bank[:, columns], self.scale[columns])
         out.bank_sources = self.bank_sources
         return out
