@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
+from pathlib import Path
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -12,6 +14,7 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
+from monai_simsid.apps.audit import AUDIT_SMOOTH_MM, audit_normal_terms
 from monai_simsid.apps.calibration import compute_calibration, voxel_statistics
 from monai_simsid.apps.checkpoint import save_model_checkpoint
 from monai_simsid.apps.descriptor_knn import DEFAULT_SHAPE_SCALES_MM
@@ -25,6 +28,7 @@ from monai_simsid.apps.normative import (
 )
 from monai_simsid.inferers.anomaly import AnomalyInferer
 from monai_simsid.inferers.scoring import SCORE_METHODS, scan_score
+from monai_simsid.utils.atomic import atomic_path
 
 __all__ = ["CalibrationHandler", "collect_normal_statistics"]
 
@@ -123,7 +127,10 @@ class CalibrationHandler:
             :class:`~monai_simsid.apps.fusion.DescriptorFusion`; stored as ``calibration["fusion"]``): the model map's
             own normal threshold sets its unit, then thresholds and scan scores are computed on the fused normal
             maps. Needs ``normative_depth_windows`` (chest CT); costs one more pass over the normal scans and a kNN
-            search over their lung regions. Normal scans without lungs (not chest CT) skip it with a warning.
+            search over their lung regions. Normal scans without lungs (not chest CT) skip it with a warning. It also
+            audits the normal scans (:func:`~monai_simsid.apps.audit.audit_normal_terms`): each calibration scan's
+            most anomalous compact region against the other scans' memory, stored as ``calibration["normal_audit"]``,
+            logged, and written as ``normal_audit.json`` next to the checkpoint.
         bank_items: preprocessed normal scans whose lung voxels fill the descriptor bank (e.g. the training
             normals); default: ``items``. A scan in both (same source file) is scored against the bank of the other
             scans when the units are set (see :meth:`~monai_simsid.apps.fusion.DescriptorFusion.fit`).
@@ -214,6 +221,32 @@ class CalibrationHandler:
             calibrate=[True] * len(self.items) + [False] * len(extra), **self.descriptor_args,
         )
 
+    def _audit(self, terms: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[dict[str, Any]]:
+        """The normal-set audit of the calibration scans' descriptor terms (in the order of ``self.items``): logged
+        and written atomically as ``normal_audit.json`` beside the checkpoint."""
+        bank = self.items if self.bank_items is None else self.bank_items
+        bank_keys = {_source(i) for i in bank}
+        keys = [_source(i) for i in self.items]
+        audit = audit_normal_terms(
+            [t for t, _ in terms], [r for _, r in terms],
+            [np.asarray(getattr(i["image"], "affine", np.eye(4)), dtype=float) for i in self.items],
+            [str(k) for k in keys], [k not in bank_keys or len(bank_keys) > 1 for k in keys],
+        )
+        for e in audit:
+            own = "" if e["leave_out"] else " (scored with its own voxels in the bank)"
+            logger.info(
+                "normal-set audit: %s peaks at %.2f units (its 99.9th percentile %.2f) at RAS %s mm%s",
+                e["source"], e["peak"], e["p99_9"], e["peak_ras_mm"], own,
+            )
+        if audit:
+            logger.info("normal-set audit: look at the first region above: a lesion in a 'normal' scan is learnt as normal.")
+        path = Path(self.output_path).with_name("normal_audit.json")
+        path.parent.mkdir(parents=True, exist_ok=True)  # (before the checkpoint, which makes it too)
+        with atomic_path(path) as tmp:
+            unit = "descriptor term (1 = normal 99.9th percentile)"
+            tmp.write_text(json.dumps({"smooth_mm": AUDIT_SMOOTH_MM, "unit": unit, "scans": audit}, indent=2))
+        return audit
+
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.COMPLETED, self)
 
@@ -238,7 +271,7 @@ class CalibrationHandler:
                 self.network, self.inferer, self.items, device, self.topk_fraction, depths=depths
             )
             normative = LungDepthNormativeMap.fit(values, voxel_depths)
-        fusion, fuse = None, None
+        fusion, fuse, audit = None, None, []
         if self.descriptor_fusion:  # (needs normative_depth_windows: the depth branch above has run)
             # the model term's unit: the threshold of the normalised normal maps, read off the voxels sampled above
             # (the same voxels a second pass would sample, normalised at their depths) without running the model again
@@ -247,6 +280,7 @@ class CalibrationHandler:
             try:
                 fusion, terms = self._fit_fusion(depths, v_thr, v_scale)
                 fuse = [functools.partial(fusion, term=t, region=r) for t, r in terms]
+                audit = self._audit(terms)
             except NoLungRegionError as err:  # e.g. abdominal or head CT: the model's map alone, as without fusion
                 logger.warning("descriptor fusion skipped: %s", err)
         scans, windows, voxels = collect_normal_statistics(
@@ -274,6 +308,7 @@ class CalibrationHandler:
             self.calibration["normative"] = normative.to_dict()
         if fusion is not None:
             self.calibration["fusion"] = fusion.to_dict()
+            self.calibration["normal_audit"] = audit
         extra = dict(self.extra_meta or {})
         if engine is not None:
             extra.update({"epoch": int(engine.state.epoch), "iteration": int(engine.state.iteration)})

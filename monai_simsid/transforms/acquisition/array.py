@@ -156,7 +156,8 @@ class SimulateSliceThickness(Transform):
         if self.pixdim is not None:
             spacing = self.pixdim
         elif isinstance(img, MetaTensor):
-            spacing = np.linalg.norm(np.asarray(img.affine, dtype=np.float64)[: x.ndim - 1, : x.ndim - 1], axis=0).tolist()
+            nd = x.ndim - 1
+            spacing = np.linalg.norm(np.asarray(img.affine, dtype=np.float64)[:nd, :nd], axis=0).tolist()
         else:
             raise ValueError("SimulateSliceThickness needs pixdim, or a MetaTensor whose affine gives the spacing.")
         out = np.stack(
