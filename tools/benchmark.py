@@ -626,11 +626,17 @@ def _held_out_context(data_dir: Path, normals: Sequence[Path], held_out: Path, c
     return BenchmarkContext(data_dir, [q for q in normals if q != held_out], cache=cache, held_out=_host_name(held_out))
 
 
-def transplant_cases(data_dir: str | Path, cache: dict, per_bin: int = TRANSPLANT_PER_BIN, seed: int = 0) -> list[dict]:
+def transplant_cases(
+    data_dir: str | Path, cache: dict, per_bin: int = TRANSPLANT_PER_BIN, seed: int = 0, thickness_mm: float | None = None
+) -> list[dict]:
     """The transplant part's cases, made once per run: ``per_bin`` LIDC nodules per diameter bin (a seeded draw),
     each put into one normal chest scan (in turn) at a seeded site deep in its lung
     (:func:`~monai_simsid.data.lesions.transplant_lesion`, :func:`~monai_simsid.data.lesions.lesion_sites`) and
     written to a temporary NIfTI with the host's affine.
+
+    With ``thickness_mm`` each case is then re-acquired with axial slices of that thickness on the host's own grid
+    (:func:`~monai_simsid.transforms.acquisition.array.simulate_slice_thickness`; same draw and sites, the nodule mask
+    unchanged): the same nodules as a thick-slice series shows them, e.g. 5 mm as in lung2.
 
     Returns:
         one dict per case: ``name``, ``host`` (path), ``image`` (path), ``lesion`` (bool array), ``diameter_mm``.
@@ -638,8 +644,9 @@ def transplant_cases(data_dir: str | Path, cache: dict, per_bin: int = TRANSPLAN
     import tempfile
 
     from monai_simsid.data.lesions import lesion_sites, transplant_lesion
+    from monai_simsid.transforms.acquisition.array import simulate_slice_thickness
 
-    key = ("transplant", str(data_dir), per_bin, seed)
+    key = ("transplant", str(data_dir), per_bin, seed, thickness_mm)
     if key in cache:
         return cache[key][1]
     p = _paths(Path(data_dir))
@@ -661,6 +668,8 @@ def transplant_cases(data_dir: str | Path, cache: dict, per_bin: int = TRANSPLAN
         radius = 0.5 * float(np.nanmax([nod["diameter_mm"], 1.0]))
         site = lesion_sites(h_lung, h_img, h_sp, radius + 10.0, rng)[0]
         image, lesion = transplant_lesion(h_img, h_sp, v_img, v_mask, v_sp, site)
+        if thickness_mm:
+            image = simulate_slice_thickness(image, h_sp, thickness_mm, axis=2)
         name = f"{_host_name(host)}+{nod['name'].split('.')[0]}"
         path = Path(tmp.name) / f"{name}.nii"
         nib.save(nib.Nifti1Image(image, h_aff), str(path))
@@ -670,7 +679,12 @@ def transplant_cases(data_dir: str | Path, cache: dict, per_bin: int = TRANSPLAN
 
 
 def evaluate_transplant(
-    data_dir: str | Path, method: str, cache: dict | None = None, per_bin: int = TRANSPLANT_PER_BIN, seed: int = 0
+    data_dir: str | Path,
+    method: str,
+    cache: dict | None = None,
+    per_bin: int = TRANSPLANT_PER_BIN,
+    seed: int = 0,
+    thickness_mm: float | None = None,
 ) -> dict[str, Any]:
     """Whole-scan detection of real nodules: LIDC nodules transplanted into the normal chest scans (see
     :func:`transplant_cases`). Each case is scored by the method fitted on the *other* normal scans (a model method
@@ -678,13 +692,14 @@ def evaluate_transplant(
 
     Per case: voxel AUROC and AP inside the host's lung region (with the nodule), and detection: the top-scoring voxel
     of the body lies in the nodule (ties as for lung2). Summaries: means, and detection per diameter bin.
+    ``thickness_mm``: the cases re-acquired with thicker slices (see :func:`transplant_cases`).
     """
     data_dir = Path(data_dir)
     cache = {} if cache is None else cache
     p = _paths(data_dir)
     records, seconds = [], 0.0
     fns: dict[str, MapFn] = {}
-    for case in transplant_cases(data_dir, cache, per_bin, seed):
+    for case in transplant_cases(data_dir, cache, per_bin, seed, thickness_mm):
         host = case["host"]
         bkey = ("body", str(host))
         h_img, h_lung, h_sp, h_aff = normal_scan(cache, host)
@@ -708,6 +723,7 @@ def evaluate_transplant(
     mean = lambda k: float(np.mean([r[k] for r in records if r[k] is not None])) if records else None  # noqa: E731
     return {
         "method": method,
+        "thickness_mm": thickness_mm,
         "n_cases": len(records),
         "mean_lung_auroc": mean("lung_auroc"),
         "mean_lung_ap": mean("lung_ap"),
@@ -725,6 +741,7 @@ def run_benchmark(
     overview_dir: str | Path | None = None,
     parts: Sequence[str] = ("lung2", "lidc", "normals"),
     transplant_per_bin: int = TRANSPLANT_PER_BIN,
+    transplant_thickness_mm: float | None = None,
 ) -> dict[str, Any]:
     """Run the chosen parts for every method (see the module docstring).
 
@@ -763,7 +780,9 @@ def run_benchmark(
         if "normals" in parts and p["normals"] and lung2 is not None:
             results["normals"][m] = evaluate_normals(data_dir, m, cache, lung2["scan_score"], overview_dir)
         if "transplant" in parts and p["normals"] and (p["lidc"] / "image").is_dir():
-            results["transplant"][m] = evaluate_transplant(data_dir, m, cache, transplant_per_bin)
+            results["transplant"][m] = evaluate_transplant(
+                data_dir, m, cache, transplant_per_bin, thickness_mm=transplant_thickness_mm
+            )
     return results
 
 
@@ -852,6 +871,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: lung2,lidc,normals)")
     p.add_argument("--transplant-per-bin", type=int, default=TRANSPLANT_PER_BIN,
                    help="transplant part: LIDC nodules per diameter bin (default: %(default)s)")
+    p.add_argument("--transplant-thickness", type=float, default=None, metavar="MM",
+                   help="transplant part: re-acquire each case with axial slices of MM mm (e.g. 5, as lung2)")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     p.add_argument("--overview-dir", default=None, help="write overview PNGs of lung2 and the normal scans here")
     return p
@@ -876,8 +897,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.lidc_limit is not None and args.lidc_limit < 1:
         print("error: --lidc-limit must be >= 1", file=sys.stderr)
         return 2
+    if args.transplant_thickness is not None and not args.transplant_thickness > 0:
+        print("error: --transplant-thickness must be a positive number of mm", file=sys.stderr)
+        return 2
     try:
-        results = run_benchmark(data_dir, methods, args.lidc_limit, args.overview_dir, parts, args.transplant_per_bin)
+        results = run_benchmark(
+            data_dir, methods, args.lidc_limit, args.overview_dir, parts, args.transplant_per_bin, args.transplant_thickness
+        )
     except (ValueError, NotImplementedError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

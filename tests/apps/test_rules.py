@@ -227,6 +227,17 @@ def test_benchmark_transplant_part_puts_lidc_nodules_into_held_out_normals():
         assert img.shape == host.shape == c["lesion"].shape and c["lesion"].any()
         assert (lung & c["lesion"]).sum() == c["lesion"].sum()  # deep in the host's lung region
         assert img[c["lesion"]].mean() > host[c["lesion"]].mean() + 100  # denser than the parenchyma it replaced
+    # the same cases re-acquired with 5 mm slices: same nodules and sites, each image smeared along z only
+    from monai_simsid.transforms import simulate_slice_thickness
+
+    thick = bench.transplant_cases(SHARED_CT, cache, per_bin=1, thickness_mm=5.0)
+    assert [c["name"] for c in thick] == [c["name"] for c in cases]
+    for c, t in zip(cases, thick):
+        np.testing.assert_array_equal(t["lesion"], c["lesion"])
+        img, t_img = bench.load_volume(c["image"])[0], bench.load_volume(t["image"])[0]
+        sp = bench.load_volume(c["image"])[2]
+        np.testing.assert_allclose(t_img, simulate_slice_thickness(img, sp, 5.0, axis=2), atol=1e-3)
+        assert not np.allclose(t_img, img)
     # a method fitted on normals is fitted without the host: each host gets its own fit
     res = bench.evaluate_transplant(SHARED_CT, "intensity_rule", cache, per_bin=1)
     assert res["n_cases"] == len(cases) and 0.5 < res["mean_lung_auroc"] <= 1.0
