@@ -78,6 +78,7 @@ try:
 except ImportError:  # running from a checkout without the package installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from monai_simsid.apps.rules import (
+    LUNG_REGION_DILATION_MM,
     LocalZScoreRule,
     crop_lung_region_mask,
     intensity_rule_map,
@@ -125,6 +126,8 @@ DIAMETER_BINS: tuple[tuple[str, float, float], ...] = (
 )
 #: the parts :func:`run_benchmark` can run (``transplant`` only when asked for)
 PARTS = ("lung2", "lidc", "normals", "transplant")
+#: where the transplant part puts its nodules: deep in the lung, or against the envelope's border (juxtapleural)
+TRANSPLANT_SITES = ("deep", "pleural")
 #: LIDC nodules per diameter bin that the transplant part puts into the normal scans
 TRANSPLANT_PER_BIN = 5
 TOP_FRACTION = 0.001  # scan score: mean of the top 0.1% voxels of the lung region
@@ -627,7 +630,12 @@ def _held_out_context(data_dir: Path, normals: Sequence[Path], held_out: Path, c
 
 
 def transplant_cases(
-    data_dir: str | Path, cache: dict, per_bin: int = TRANSPLANT_PER_BIN, seed: int = 0, thickness_mm: float | None = None
+    data_dir: str | Path,
+    cache: dict,
+    per_bin: int = TRANSPLANT_PER_BIN,
+    seed: int = 0,
+    thickness_mm: float | None = None,
+    site: str = "deep",
 ) -> list[dict]:
     """The transplant part's cases, made once per run: ``per_bin`` LIDC nodules per diameter bin (a seeded draw),
     each put into one normal chest scan (in turn) at a seeded site deep in its lung
@@ -638,6 +646,12 @@ def transplant_cases(
     (:func:`~monai_simsid.transforms.acquisition.array.simulate_slice_thickness`; same draw and sites, the nodule mask
     unchanged): the same nodules as a thick-slice series shows them, e.g. 5 mm as in lung2.
 
+    ``site="pleural"`` puts each nodule against the border of the lung envelope instead (the pleura, costal or
+    mediastinal, or the diaphragm): its centre between half a radius and one radius plus 1 mm inside the envelope (the
+    lung region is the envelope grown by 5 mm), in parenchyma (2 mm smoothed HU below -600), so that it touches the
+    wall as a juxtapleural nodule does. Its label is then the part of the nodule that raised the host by more than
+    100 HU (not the wall it overlaps, which was as dense already). The draw of nodules is the same as for ``"deep"``.
+
     Returns:
         one dict per case: ``name``, ``host`` (path), ``image`` (path), ``lesion`` (bool array), ``diameter_mm``.
     """
@@ -646,7 +660,9 @@ def transplant_cases(
     from monai_simsid.data.lesions import lesion_sites, transplant_lesion
     from monai_simsid.transforms.acquisition.array import simulate_slice_thickness
 
-    key = ("transplant", str(data_dir), per_bin, seed, thickness_mm)
+    if site not in TRANSPLANT_SITES:
+        raise ValueError(f"site must be one of {TRANSPLANT_SITES}, got {site!r}.")
+    key = ("transplant", str(data_dir), per_bin, seed, thickness_mm, site)
     if key in cache:
         return cache[key][1]
     p = _paths(Path(data_dir))
@@ -666,8 +682,15 @@ def transplant_cases(
         v_img, _, v_sp = load_volume(nod["image"])
         v_mask = load_volume(nod["mask"])[0] > 0.5
         radius = 0.5 * float(np.nanmax([nod["diameter_mm"], 1.0]))
-        site = lesion_sites(h_lung, h_img, h_sp, radius + 10.0, rng)[0]
-        image, lesion = transplant_lesion(h_img, h_sp, v_img, v_mask, v_sp, site)
+        if site == "pleural":
+            low = LUNG_REGION_DILATION_MM + 0.5 * radius  # half a radius inside the envelope
+            high = low + 0.5 * radius + 1.0
+            where = lesion_sites(h_lung, h_img, h_sp, low, rng, max_hu=-600.0, max_margin_mm=high)[0]
+        else:
+            where = lesion_sites(h_lung, h_img, h_sp, radius + 10.0, rng)[0]
+        image, lesion = transplant_lesion(h_img, h_sp, v_img, v_mask, v_sp, where)
+        if site == "pleural":  # the label is what the nodule changed: not the wall it overlaps (already as dense)
+            lesion &= image > h_img + 100.0
         if thickness_mm:
             image = simulate_slice_thickness(image, h_sp, thickness_mm, axis=2)
         name = f"{_host_name(host)}+{nod['name'].split('.')[0]}"
@@ -685,6 +708,7 @@ def evaluate_transplant(
     per_bin: int = TRANSPLANT_PER_BIN,
     seed: int = 0,
     thickness_mm: float | None = None,
+    site: str = "deep",
 ) -> dict[str, Any]:
     """Whole-scan detection of real nodules: LIDC nodules transplanted into the normal chest scans (see
     :func:`transplant_cases`). Each case is scored by the method fitted on the *other* normal scans (a model method
@@ -692,14 +716,15 @@ def evaluate_transplant(
 
     Per case: voxel AUROC and AP inside the host's lung region (with the nodule), and detection: the top-scoring voxel
     of the body lies in the nodule (ties as for lung2). Summaries: means, and detection per diameter bin.
-    ``thickness_mm``: the cases re-acquired with thicker slices (see :func:`transplant_cases`).
+    ``thickness_mm``: the cases re-acquired with thicker slices; ``site``: deep or against the pleura (see
+    :func:`transplant_cases`).
     """
     data_dir = Path(data_dir)
     cache = {} if cache is None else cache
     p = _paths(data_dir)
     records, seconds = [], 0.0
     fns: dict[str, MapFn] = {}
-    for case in transplant_cases(data_dir, cache, per_bin, seed, thickness_mm):
+    for case in transplant_cases(data_dir, cache, per_bin, seed, thickness_mm, site):
         host = case["host"]
         bkey = ("body", str(host))
         h_img, h_lung, h_sp, h_aff = normal_scan(cache, host)
@@ -724,6 +749,7 @@ def evaluate_transplant(
     return {
         "method": method,
         "thickness_mm": thickness_mm,
+        "site": site,
         "n_cases": len(records),
         "mean_lung_auroc": mean("lung_auroc"),
         "mean_lung_ap": mean("lung_ap"),
@@ -742,6 +768,7 @@ def run_benchmark(
     parts: Sequence[str] = ("lung2", "lidc", "normals"),
     transplant_per_bin: int = TRANSPLANT_PER_BIN,
     transplant_thickness_mm: float | None = None,
+    transplant_site: str = "deep",
 ) -> dict[str, Any]:
     """Run the chosen parts for every method (see the module docstring).
 
@@ -781,7 +808,7 @@ def run_benchmark(
             results["normals"][m] = evaluate_normals(data_dir, m, cache, lung2["scan_score"], overview_dir)
         if "transplant" in parts and p["normals"] and (p["lidc"] / "image").is_dir():
             results["transplant"][m] = evaluate_transplant(
-                data_dir, m, cache, transplant_per_bin, thickness_mm=transplant_thickness_mm
+                data_dir, m, cache, transplant_per_bin, thickness_mm=transplant_thickness_mm, site=transplant_site
             )
     return results
 
@@ -873,6 +900,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="transplant part: LIDC nodules per diameter bin (default: %(default)s)")
     p.add_argument("--transplant-thickness", type=float, default=None, metavar="MM",
                    help="transplant part: re-acquire each case with axial slices of MM mm (e.g. 5, as lung2)")
+    p.add_argument("--transplant-site", choices=TRANSPLANT_SITES, default="deep",
+                   help="transplant part: nodules deep in the lung (default) or against the pleura (juxtapleural)")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     p.add_argument("--overview-dir", default=None, help="write overview PNGs of lung2 and the normal scans here")
     return p
@@ -902,7 +931,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         results = run_benchmark(
-            data_dir, methods, args.lidc_limit, args.overview_dir, parts, args.transplant_per_bin, args.transplant_thickness
+            data_dir, methods, args.lidc_limit, args.overview_dir, parts, args.transplant_per_bin, args.transplant_thickness,
+            args.transplant_site,
         )
     except (ValueError, NotImplementedError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -138,21 +138,30 @@ def transplant_lesion(
 
 def lesion_sites(
     lung: np.ndarray, image_hu: np.ndarray, spacing: Sequence[float], margin_mm: float, rng: np.random.Generator,
-    n: int = 1, max_hu: float = -700.0,
+    n: int = 1, max_hu: float = -700.0, max_margin_mm: float | None = None,
 ) -> np.ndarray:
     """``n`` random voxels deep in the lung: at least ``margin_mm`` from the edge of ``lung`` and in parenchyma (the
     image smoothed by 2 mm below ``max_hu``, so not on a vessel), drawn uniformly with ``rng``.
+
+    With ``max_margin_mm`` the voxels lie at most that far from the edge, too: a band along the lung's border, e.g. for
+    a nodule against the pleura.
 
     Returns:
         int array ``(n, 3)``.
 
     Raises:
-        ValueError: when no voxel qualifies.
+        ValueError: when no voxel qualifies, or ``max_margin_mm`` is below ``margin_mm``.
     """
+    if max_margin_mm is not None and max_margin_mm < margin_mm:
+        raise ValueError(f"max_margin_mm ({max_margin_mm}) must be at least margin_mm ({margin_mm}).")
     sp = np.asarray(spacing, dtype=np.float64)
-    inside = ndimage.distance_transform_edt(np.asarray(lung, dtype=bool), sampling=sp) >= margin_mm
+    dist = ndimage.distance_transform_edt(np.asarray(lung, dtype=bool), sampling=sp)
+    inside = dist >= margin_mm
+    if max_margin_mm is not None:
+        inside &= dist <= max_margin_mm
     inside &= ndimage.gaussian_filter(np.asarray(image_hu, dtype=np.float32), 2.0 / sp) < max_hu
     idx = np.argwhere(inside)
     if not len(idx):
-        raise ValueError(f"no lung voxel lies {margin_mm} mm inside the lung in parenchyma.")
+        where = f"{margin_mm}-{max_margin_mm}" if max_margin_mm is not None else f"{margin_mm}"
+        raise ValueError(f"no lung voxel lies {where} mm inside the lung in parenchyma.")
     return idx[rng.choice(len(idx), size=n, replace=len(idx) < n)]

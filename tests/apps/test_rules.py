@@ -238,6 +238,20 @@ def test_benchmark_transplant_part_puts_lidc_nodules_into_held_out_normals():
         sp = bench.load_volume(c["image"])[2]
         np.testing.assert_allclose(t_img, simulate_slice_thickness(img, sp, 5.0, axis=2), atol=1e-3)
         assert not np.allclose(t_img, img)
+    # against the pleura: the same nodules, each touching the border of the lung envelope, labelled where it changed
+    from monai_simsid.apps.descriptor_knn import lung_envelope_depth
+
+    pleural = bench.transplant_cases(SHARED_CT, cache, per_bin=1, site="pleural")
+    assert [c["name"] for c in pleural] == [c["name"] for c in cases]
+    for c in pleural:
+        img = bench.load_volume(c["image"])[0]
+        host = cache[("normal", str(c["host"]))][0]
+        sp = cache[("normal", str(c["host"]))][2]
+        assert c["lesion"].any() and np.all(img[c["lesion"]] > host[c["lesion"]] + 100)
+        depth = lung_envelope_depth(host, sp).reshape(host.shape)[c["lesion"]]
+        assert depth.min() < 4.0  # it reaches the envelope's border (deep cases lie >= 10 mm inside the region)
+    with pytest.raises(ValueError, match="site"):
+        bench.transplant_cases(SHARED_CT, cache, per_bin=1, site="lobe")
     # a method fitted on normals is fitted without the host: each host gets its own fit
     res = bench.evaluate_transplant(SHARED_CT, "intensity_rule", cache, per_bin=1)
     assert res["n_cases"] == len(cases) and 0.5 < res["mean_lung_auroc"] <= 1.0

@@ -69,3 +69,17 @@ def test_sites_lie_deep_in_the_lung_in_parenchyma_and_are_seeded():
     assert np.array_equal(sites, again)
     with pytest.raises(ValueError, match="no lung voxel"):
         lesion_sites(lung, hu, (1.0, 1.0, 1.0), 30.0, np.random.default_rng(0))
+
+
+def test_sites_in_a_band_along_the_lung_border():
+    from scipy import ndimage
+
+    lung = np.zeros((40, 40, 40), bool)
+    lung[5:35, 5:35, 5:35] = True
+    hu = np.where(lung, -850.0, 0.0).astype(np.float32)
+    sites = lesion_sites(lung, hu, (1.0, 1.0, 1.0), 3.0, np.random.default_rng(1), n=200, max_margin_mm=5.0)
+    dist = ndimage.distance_transform_edt(lung)[tuple(sites.T)]
+    assert np.all((dist >= 3.0) & (dist <= 5.0))
+    assert len({tuple(s) for s in sites}) > 100  # spread along the whole border, not one spot
+    with pytest.raises(ValueError, match="max_margin_mm"):
+        lesion_sites(lung, hu, (1.0, 1.0, 1.0), 6.0, np.random.default_rng(0), max_margin_mm=5.0)
