@@ -34,6 +34,9 @@ Parts (each method runs on the same data, in the file's voxel grid reoriented to
   fitted on normal scans is fitted on the other normals; a model method reads ``{host}`` in its checkpoint path as
   the host's name (its leave-one-out checkpoint). Per scan: lung-region voxel AUROC and AP, and detection (the top
   voxel of the body in the nodule), by diameter.
+  ``--transplant-site pleural`` puts the same nodules against the border of the lung envelope (juxtapleural, labelled
+  where they raised the host by more than 100 HU); ``--transplant-thickness MM`` re-acquires every case with axial
+  slices of MM mm on its own grid (a thick-slice series such as lung2's 5 mm).
 
 ``lung_window_constant`` is a control for learned lung-window maps: ``|x - c|`` in the lung window, the error map of a
 model that reconstructs the constant -850 HU (:func:`monai_simsid.apps.rules.lung_window_constant_map`).
