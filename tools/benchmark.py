@@ -934,8 +934,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         results = run_benchmark(
-            data_dir, methods, args.lidc_limit, args.overview_dir, parts, args.transplant_per_bin, args.transplant_thickness,
-            args.transplant_site,
+            data_dir, methods, args.lidc_limit, args.overview_dir, parts, args.transplant_per_bin,
+            args.transplant_thickness, args.transplant_site,
         )
     except (ValueError, NotImplementedError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -25,6 +25,7 @@ The memory file is the ``.npz`` of :meth:`DescriptorKNN.save <monai_simsid.apps.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -35,6 +36,7 @@ import nibabel as nib
 import numpy as np
 import torch
 
+from monai_simsid.apps.audit import AUDIT_SMOOTH_MM, audit_normal_terms
 from monai_simsid.apps.calibration import compute_calibration
 from monai_simsid.apps.descriptor_knn import (
     CONTEXTS,
@@ -50,6 +52,7 @@ from monai_simsid.data.datasets import select_calibration_items
 from monai_simsid.inferers.scoring import scan_score
 from monai_simsid.transforms.io.array import LoadCT
 from monai_simsid.transforms.post.array import spacing_from_affine
+from monai_simsid.utils.atomic import atomic_path
 from monai_simsid.utils.errors import InputError
 
 __all__ = [
@@ -273,6 +276,7 @@ def fit_descriptor_memory(
         voxels.append(vals)
     calibration = compute_calibration(scores, np.concatenate(voxels), fpr=fpr, voxel_fpr=voxel_fpr, source=source)
     calibration.update({"topk_fraction": float(topk_fraction), "score_method": "topk"})
+    audit = _audit_training_scans(knn, train, region, loader, search_mm, calibration["voxel_threshold"], output_path)
     extra = {
         "bundle": bundle_name,
         "version": bundle_version,
@@ -282,12 +286,47 @@ def fit_descriptor_memory(
         "n_training": len(train),
         "n_calibration": len(calib),
         "search_mm": search_mm,
+        "normal_audit": audit,
     }
     Path(output_path).parent.mkdir(parents=True, exist_ok=True)
     knn.save(output_path, **extra)
     logger.info("descriptor memory of %d training normal scan(s), calibrated on %s; wrote %s", len(train), source,
                 output_path)
     return extra
+
+
+def _audit_training_scans(
+    knn: DescriptorKNN,
+    train: Sequence[dict],
+    region: str,
+    loader: LoadCT,
+    search_mm: float | None,
+    unit: float,
+    output_path: str | os.PathLike,
+) -> list[dict[str, Any]] | None:
+    """The normal-set audit of the training scans (:func:`~monai_simsid.apps.audit.audit_normal_terms`): each whole
+    scan scored by the memory without its own bank rows, in units of the voxel threshold, written atomically as
+    ``normal_audit.json`` beside the memory file. ``None`` for crops (no lung envelope to place a region in) or a
+    single training scan (no other scan to compare it with)."""
+    if region != "scan" or len(train) < 2 or not unit > 0:
+        return None
+    terms, regions, affines, names = [], [], [], []
+    for i, e in enumerate(train):
+        scan = load_scan_region(e["image"], region, loader)
+        terms.append(descriptor_map(knn.leave_out(i), scan, search_mm) / np.float32(unit))
+        regions.append(scan.region)
+        affines.append(scan.affine)
+        names.append(str(e["image"]))
+    audit = audit_normal_terms(terms, regions, affines, names, [True] * len(train))
+    for entry in audit:
+        logger.info("normal-set audit: %s peaks at %.2f units at RAS %s mm", entry["source"], entry["peak"],
+                    entry["peak_ras_mm"])
+    path = Path(output_path).with_name("normal_audit.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        unit_text = "descriptor distance / voxel threshold (1 = the normal threshold at voxel_fpr)"
+        tmp.write_text(json.dumps({"smooth_mm": AUDIT_SMOOTH_MM, "unit": unit_text, "scans": audit}, indent=2))
+    return audit
 
 
 def load_descriptor_memory(

@@ -67,7 +67,9 @@ def test_fit_writes_one_calibrated_file_and_records_its_normals(memory, chest_da
     cal = extra["calibration"]
     assert cal["source"] == "1 validation normal scan(s)" and cal["score_method"] == "topk"
     assert cal["voxel_scale"] > 0 and cal["scan_std"] > 0 and cal["voxel_threshold"] > cal["voxel_median"]
-    assert [p.name for p in memory.parent.iterdir()] == ["memory.npz"]  # written atomically: no temporary left
+    # written atomically: no temporary left; the normal-set audit of the training scans beside the memory
+    assert sorted(p.name for p in memory.parent.iterdir()) == ["memory.npz", "normal_audit.json"]
+    assert len(extra["normal_audit"]) == 3 and all(e["leave_out"] for e in extra["normal_audit"])
     assert extra["search_mm"] == 3.0  # whole scans: a ~3 mm search grid (every voxel of these 3 mm scans)
 
 
@@ -221,3 +223,21 @@ def test_a_bad_training_scan_names_the_file_and_leaves_the_old_memory(memory, ch
         _fit(datalist, target)
     assert target.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.nii.gz", "datalist.json", "memory.npz"]
+
+
+def test_the_audit_ranks_a_training_scan_with_a_nodule_first(chest_datalist, tmp_path):
+    """A 'normal' training scan that holds a nodule: the memory of the other scans finds it, where it is."""
+    root = chest_datalist.parent
+    names = ["normal_0", "normal_1", "nodule_5"]
+    training = [{"image": str(root / f"{n}.nii.gz")} for n in names]
+    datalist = tmp_path / "with_nodule.json"
+    datalist.write_text(json.dumps({"training": training}))
+    extra = _fit(datalist, tmp_path / "m" / "memory.npz")
+    audit = extra["normal_audit"]
+    assert [e["source"] for e in audit][0] == training[2]["image"]
+    written = json.loads((tmp_path / "m" / "normal_audit.json").read_text())
+    assert written["scans"] == audit
+    label = nib.load(str(root / "nodule_5_label.nii.gz"))
+    centre = label.affine @ np.r_[np.argwhere(np.asarray(label.dataobj) > 0).mean(axis=0), 1.0]
+    assert np.linalg.norm(np.asarray(audit[0]["peak_ras_mm"]) - centre[:3]) <= 6.0  # on the 5 mm nodule
+    assert _fit(datalist, tmp_path / "c" / "memory.npz", region="crop")["normal_audit"] is None
