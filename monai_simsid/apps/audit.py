@@ -12,13 +12,22 @@ normal spread of these peaks to compare against, and a scan from another scanner
 
 from __future__ import annotations
 
+import json
+import logging
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["AUDIT_SMOOTH_MM", "audit_normal_terms"]
+from monai_simsid.transforms.post.array import spacing_from_affine
+from monai_simsid.utils.atomic import atomic_path
+
+__all__ = ["AUDIT_SMOOTH_MM", "audit_normal_terms", "report_audit"]
+
+logger = logging.getLogger(__name__)
 
 #: width (mm) of the cube over which the leave-one-out term is averaged before its peak is taken
 AUDIT_SMOOTH_MM = 5.0
@@ -72,7 +81,7 @@ def audit_normal_terms(
             raise ValueError(f"{source}: term {t.shape}, region {r.shape} and affine {a.shape} do not match.")
         if not r.any():
             continue
-        spacing = np.linalg.norm(a[:3, :3], axis=0)
+        spacing = spacing_from_affine(a)
         size = [max(1, int(round(smooth_mm / s))) | 1 for s in spacing]  # odd: centred on the voxel
         smooth = ndimage.uniform_filter(np.where(r, t, 0.0).astype(np.float32), size=size, mode="constant")
         voxel = np.unravel_index(int(np.argmax(np.where(r, smooth, -np.inf))), t.shape)
@@ -87,3 +96,21 @@ def audit_normal_terms(
             "peak_lps_mm": [round(float(-ras[0]), 2), round(float(-ras[1]), 2), round(float(ras[2]), 2)],
         })
     return sorted(out, key=lambda e: -e["peak"])
+
+
+def report_audit(audit: Sequence[dict[str, Any]], path: str | os.PathLike, unit: str) -> Path:
+    """Log an audit (:func:`audit_normal_terms`), one line per scan, and write it atomically as JSON to ``path`` (its
+    folder is created): ``{"smooth_mm", "unit", "scans"}``, with ``unit`` saying what the peaks are measured in."""
+    for e in audit:
+        own = "" if e["leave_out"] else " (scored with its own voxels in the bank)"
+        logger.info(
+            "normal-set audit: %s peaks at %.2f units (its 99.9th percentile %.2f) at RAS %s mm%s",
+            e["source"], e["peak"], e["p99_9"], e["peak_ras_mm"], own,
+        )
+    if audit:
+        logger.info("normal-set audit: look at the first region above: a lesion in a 'normal' scan is learnt as normal.")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps({"smooth_mm": AUDIT_SMOOTH_MM, "unit": unit, "scans": list(audit)}, indent=2))
+    return path

@@ -25,7 +25,6 @@ The memory file is the ``.npz`` of :meth:`DescriptorKNN.save <monai_simsid.apps.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -36,7 +35,7 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from monai_simsid.apps.audit import AUDIT_SMOOTH_MM, audit_normal_terms
+from monai_simsid.apps.audit import audit_normal_terms, report_audit
 from monai_simsid.apps.calibration import compute_calibration
 from monai_simsid.apps.descriptor_knn import (
     CONTEXTS,
@@ -52,7 +51,6 @@ from monai_simsid.data.datasets import select_calibration_items
 from monai_simsid.inferers.scoring import scan_score
 from monai_simsid.transforms.io.array import LoadCT
 from monai_simsid.transforms.post.array import spacing_from_affine
-from monai_simsid.utils.atomic import atomic_path
 from monai_simsid.utils.errors import InputError
 
 __all__ = [
@@ -318,14 +316,8 @@ def _audit_training_scans(
         affines.append(scan.affine)
         names.append(str(e["image"]))
     audit = audit_normal_terms(terms, regions, affines, names, [True] * len(train))
-    for entry in audit:
-        logger.info("normal-set audit: %s peaks at %.2f units at RAS %s mm", entry["source"], entry["peak"],
-                    entry["peak_ras_mm"])
-    path = Path(output_path).with_name("normal_audit.json")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        unit_text = "descriptor distance / voxel threshold (1 = the normal threshold at voxel_fpr)"
-        tmp.write_text(json.dumps({"smooth_mm": AUDIT_SMOOTH_MM, "unit": unit_text, "scans": audit}, indent=2))
+    unit_text = "descriptor distance / voxel threshold (1 = the normal threshold at voxel_fpr)"
+    report_audit(audit, Path(output_path).with_name("normal_audit.json"), unit_text)
     return audit
 
 

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
-from pathlib import Path
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
-from monai_simsid.apps.audit import AUDIT_SMOOTH_MM, audit_normal_terms
+from monai_simsid.apps.audit import audit_normal_terms, report_audit
 from monai_simsid.apps.calibration import compute_calibration, voxel_statistics
 from monai_simsid.apps.checkpoint import save_model_checkpoint
 from monai_simsid.apps.descriptor_knn import DEFAULT_SHAPE_SCALES_MM
@@ -28,7 +27,6 @@ from monai_simsid.apps.normative import (
 )
 from monai_simsid.inferers.anomaly import AnomalyInferer
 from monai_simsid.inferers.scoring import SCORE_METHODS, scan_score
-from monai_simsid.utils.atomic import atomic_path
 
 __all__ = ["CalibrationHandler", "collect_normal_statistics"]
 
@@ -232,19 +230,9 @@ class CalibrationHandler:
             [np.asarray(getattr(i["image"], "affine", np.eye(4)), dtype=float) for i in self.items],
             [str(k) for k in keys], [k not in bank_keys or len(bank_keys) > 1 for k in keys],
         )
-        for e in audit:
-            own = "" if e["leave_out"] else " (scored with its own voxels in the bank)"
-            logger.info(
-                "normal-set audit: %s peaks at %.2f units (its 99.9th percentile %.2f) at RAS %s mm%s",
-                e["source"], e["peak"], e["p99_9"], e["peak_ras_mm"], own,
-            )
-        if audit:
-            logger.info("normal-set audit: look at the first region above: a lesion in a 'normal' scan is learnt as normal.")
-        path = Path(self.output_path).with_name("normal_audit.json")
-        path.parent.mkdir(parents=True, exist_ok=True)  # (before the checkpoint, which makes it too)
-        with atomic_path(path) as tmp:
-            unit = "descriptor term (1 = normal 99.9th percentile)"
-            tmp.write_text(json.dumps({"smooth_mm": AUDIT_SMOOTH_MM, "unit": unit, "scans": audit}, indent=2))
+        # (written before the checkpoint, whose folder it creates too)
+        unit = "descriptor term (1 = normal 99.9th percentile)"
+        report_audit(audit, Path(self.output_path).with_name("normal_audit.json"), unit)
         return audit
 
     def attach(self, engine: Engine) -> None:

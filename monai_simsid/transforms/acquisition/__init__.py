@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .array import FWHM_TO_SIGMA, SimulateSliceThickness, check_thickness, simulate_slice_thickness, slice_spacing
+from .array import FWHM_TO_SIGMA, SimulateSliceThickness, check_thickness, simulate_slice_thickness
 from .dictionary import SimulateSliceThicknessd, SimulateSliceThicknessD, SimulateSliceThicknessDict
 
 __all__ = [
@@ -13,5 +13,4 @@ __all__ = [
     "SimulateSliceThicknessDict",
     "check_thickness",
     "simulate_slice_thickness",
-    "slice_spacing",
 ]

@@ -11,7 +11,9 @@ from monai.data import MetaTensor
 from monai.transforms import Transform
 from scipy import ndimage
 
-__all__ = ["FWHM_TO_SIGMA", "SimulateSliceThickness", "check_thickness", "simulate_slice_thickness", "slice_spacing"]
+from monai_simsid.transforms.post.array import spacing_from_affine
+
+__all__ = ["FWHM_TO_SIGMA", "SimulateSliceThickness", "check_thickness", "simulate_slice_thickness"]
 
 #: a Gaussian's standard deviation per unit of its full width at half maximum
 FWHM_TO_SIGMA = 1.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)))
@@ -28,24 +30,10 @@ def check_thickness(thickness_mm: float, name: str = "thickness_mm") -> float:
     return t
 
 
-def slice_spacing(affine: NdarrayOrTensor, axis: int = 2) -> float:
-    """The voxel size (mm) of a scan along the array axis that lies closest to world axis ``axis`` (2: the
-    superior-inferior axis, so the slice spacing of an axial scan, whatever its array order).
-
-    Args:
-        affine: ``(4, 4)`` voxel-to-world matrix.
-        axis: world axis (0, 1 or 2).
-
-    Raises:
-        ValueError: not a ``(4, 4)`` matrix with three non-zero columns.
-    """
-    a = np.asarray(torch.as_tensor(affine).detach().cpu().numpy(), dtype=np.float64)
-    if a.shape != (4, 4) or axis not in (0, 1, 2):
-        raise ValueError(f"expected a (4, 4) affine and a world axis 0, 1 or 2, got {a.shape} and {axis}.")
-    norms = np.linalg.norm(a[:3, :3], axis=0)
-    if not np.all(np.isfinite(norms)) or np.any(norms <= 0):
-        raise ValueError(f"the affine has a zero or non-finite voxel size: {norms.tolist()}.")
-    return float(norms[int(np.argmax(np.abs(a[axis, :3]) / norms))])
+def _check_offset(offset: float) -> float:
+    if not 0.0 <= float(offset) < 1.0:
+        raise ValueError(f"offset must lie in [0, 1), got {offset}.")
+    return float(offset)
 
 
 def simulate_slice_thickness(
@@ -81,8 +69,7 @@ def simulate_slice_thickness(
         raise ValueError(f"spacing must hold one positive value per axis of the {img.ndim}-D image, got {spacing}.")
     if not -img.ndim <= axis < img.ndim:
         raise ValueError(f"axis {axis} is out of range for a {img.ndim}-D image.")
-    if not 0.0 <= float(offset) < 1.0:
-        raise ValueError(f"offset must lie in [0, 1), got {offset}.")
+    offset = _check_offset(offset)
     t = check_thickness(thickness_mm)
     axis = axis % img.ndim
     s = sp[axis]
@@ -144,9 +131,7 @@ class SimulateSliceThickness(Transform):
         self.thickness_mm = check_thickness(thickness_mm)
         self.axis = int(axis)
         self.pixdim = None if pixdim is None else [float(p) for p in pixdim]
-        if not 0.0 <= float(offset) < 1.0:
-            raise ValueError(f"offset must lie in [0, 1), got {offset}.")
-        self.offset = float(offset)
+        self.offset = _check_offset(offset)
 
     def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
         """``img`` ``(C, *S)`` -> the same shape and type, float32."""
@@ -156,8 +141,7 @@ class SimulateSliceThickness(Transform):
         if self.pixdim is not None:
             spacing = self.pixdim
         elif isinstance(img, MetaTensor):
-            nd = x.ndim - 1
-            spacing = np.linalg.norm(np.asarray(img.affine, dtype=np.float64)[:nd, :nd], axis=0).tolist()
+            spacing = spacing_from_affine(img.affine).tolist()
         else:
             raise ValueError("SimulateSliceThickness needs pixdim, or a MetaTensor whose affine gives the spacing.")
         out = np.stack(

@@ -11,7 +11,6 @@ from monai_simsid.transforms import (
     SimulateSliceThickness,
     SimulateSliceThicknessd,
     simulate_slice_thickness,
-    slice_spacing,
 )
 
 
@@ -86,19 +85,6 @@ def test_bad_arguments(kwargs):
     args = {"image": np.zeros((3, 3, 8)), "spacing": (1.0, 1.0, 1.0), "thickness_mm": 3.0, **kwargs}
     with pytest.raises(ValueError):
         simulate_slice_thickness(**args)
-
-
-def test_slice_spacing_follows_the_superior_axis_whatever_the_array_order():
-    ras = np.diag([0.6, 0.6, 5.0, 1.0])
-    assert slice_spacing(ras) == 5.0
-    zyx = np.zeros((4, 4))
-    zyx[2, 0], zyx[1, 1], zyx[0, 2], zyx[3, 3] = -5.0, -0.6, -0.7, 1.0  # axis 0 runs inferior, LPS in-plane
-    assert slice_spacing(zyx) == 5.0
-    assert slice_spacing(zyx, axis=0) == pytest.approx(0.7)
-    with pytest.raises(ValueError, match="zero"):
-        slice_spacing(np.diag([1.0, 0.0, 1.0, 1.0]))
-    with pytest.raises(ValueError):
-        slice_spacing(np.eye(3))
 
 
 def test_transform_reads_the_spacing_from_the_affine_and_keeps_metadata():
