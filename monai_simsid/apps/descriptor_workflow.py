@@ -48,8 +48,9 @@ from monai_simsid.apps.descriptor_knn import (
 from monai_simsid.apps.rules import crop_lung_region_mask, lung_region_mask
 from monai_simsid.data.datalist import load_datalist, split_sections
 from monai_simsid.data.datasets import select_calibration_items
+from monai_simsid.data.exclusion import EXCLUDE_KEY, grow_mask
 from monai_simsid.inferers.scoring import scan_score
-from monai_simsid.transforms.io.array import LoadCT
+from monai_simsid.transforms.io.array import LoadCT, check_mask_matches
 from monai_simsid.transforms.post.array import spacing_from_affine
 from monai_simsid.utils.errors import InputError
 
@@ -129,7 +130,12 @@ class ScanRegion(NamedTuple):
     region: np.ndarray
 
 
-def load_scan_region(path: str | os.PathLike, region: str = "scan", loader: LoadCT | None = None) -> ScanRegion:
+def load_scan_region(
+    path: str | os.PathLike,
+    region: str = "scan",
+    loader: LoadCT | None = None,
+    exclude: str | os.PathLike | None = None,
+) -> ScanRegion:
     """Read a CT and find its lung region (computed in closest-RAS order, returned in the file's order).
 
     Args:
@@ -138,10 +144,12 @@ def load_scan_region(path: str | os.PathLike, region: str = "scan", loader: Load
             (:func:`~monai_simsid.apps.rules.crop_lung_region_mask`, a small VOI inside the lung).
         loader: the CT reader (default ``LoadCT()``, which checks the intensities look like HU; without the
             check for bone with ``"crop"``: a VOI inside the lung need not hold any).
+        exclude: a mask of a region to leave out (same shape and affine as the CT; see
+            :mod:`monai_simsid.data.exclusion`): the returned region does not hold it, grown by its margin.
 
     Raises:
         InputError: naming ``path``, when it cannot be read, is not a 3D CT, its intensities do not look like HU,
-            or (``"scan"``) it has no lung region.
+            or (``"scan"``) it has no lung region; naming ``exclude``, when it does not match the CT.
         ValueError: on an unknown ``region``.
     """
     _check_region(region)
@@ -159,7 +167,12 @@ def load_scan_region(path: str | os.PathLike, region: str = "scan", loader: Load
         if not lung.any():
             raise InputError(path, "no lung region found (HU < -400 inside the body): is this a chest CT? "
                              "(for a small VOI inside the lung use region 'crop')")
-    return ScanRegion(image_hu, affine, ornt, spacing, from_canonical(lung, ornt))
+    lung = from_canonical(lung, ornt)
+    if exclude is not None:
+        mask = LoadCT(is_label=True)(exclude)
+        check_mask_matches(mask, image, exclude, EXCLUDE_KEY)
+        lung &= ~grow_mask(np.asarray(mask[0]), zooms)
+    return ScanRegion(image_hu, affine, ornt, spacing, lung)
 
 
 def descriptor_map(knn: DescriptorKNN, scan: ScanRegion, search_mm: float | None = None) -> np.ndarray:
@@ -181,8 +194,12 @@ def region_scan_score(raw_map: np.ndarray, region: np.ndarray, topk_fraction: fl
 
 
 def _normals(datalist: str | os.PathLike, section: str) -> list[dict]:
-    """The normal scans (no ``label``) of a datalist section, as ``{"image": path}`` (empty if it is absent)."""
-    return [{"image": e["image"]} for e in split_sections(load_datalist(datalist, section, missing_ok=True))[0]]
+    """The normal scans (no ``label``) of a datalist section, as ``{"image": path, "exclude": path or None}`` (empty
+    if it is absent)."""
+    return [
+        {"image": e["image"], EXCLUDE_KEY: e.get(EXCLUDE_KEY)}
+        for e in split_sections(load_datalist(datalist, section, missing_ok=True))[0]
+    ]
 
 
 def fit_descriptor_memory(
@@ -207,7 +224,8 @@ def fit_descriptor_memory(
     """Fit the memory on a datalist's training normals, calibrate it on normal scans and write one file atomically.
 
     The bank is a uniform sample of the lung-region descriptors of the ``training`` normals (entries without a
-    ``label``), read one scan at a time (:meth:`DescriptorKNN.fit_scans`). The calibration runs the fitted memory
+    ``label``; an entry's ``exclude`` region, grown by its margin, is left out of the bank, the calibration and the
+    audit: see :mod:`monai_simsid.data.exclusion`), read one scan at a time (:meth:`DescriptorKNN.fit_scans`). The calibration runs the fitted memory
     on the ``validation`` normals, or on the training normals when the datalist has none (optimistic thresholds;
     logged and recorded as ``calibrated_on``): scan threshold from their ``topk`` scan scores at ``fpr``, voxel
     threshold at ``voxel_fpr`` of their lung-region voxels (up to ``max_voxels_per_scan`` sampled per scan,
@@ -257,7 +275,7 @@ def fit_descriptor_memory(
 
     def training_scans():  # read one at a time: memory holds one scan and the bank, however many scans there are
         for e in train:
-            scan = load_scan_region(e["image"], region, loader)
+            scan = load_scan_region(e["image"], region, loader, e[EXCLUDE_KEY])
             yield to_canonical(scan.image_hu, scan.ornt), to_canonical(scan.region, scan.ornt), scan.spacing
 
     knn.fit_scans(training_scans())
@@ -265,7 +283,7 @@ def fit_descriptor_memory(
     rng = np.random.default_rng(seed)
     scores, voxels = [], []
     for e in calib:
-        scan = load_scan_region(e["image"], region, loader)
+        scan = load_scan_region(e["image"], region, loader, e[EXCLUDE_KEY])
         raw = descriptor_map(knn, scan, search_mm)
         scores.append(region_scan_score(raw, scan.region, topk_fraction))
         vals = raw[scan.region]
@@ -310,7 +328,7 @@ def _audit_training_scans(
         return None
     terms, regions, affines, names = [], [], [], []
     for i, e in enumerate(train):
-        scan = load_scan_region(e["image"], region, loader)
+        scan = load_scan_region(e["image"], region, loader, e[EXCLUDE_KEY])
         terms.append(descriptor_map(knn.leave_out(i), scan, search_mm) / np.float32(unit))
         regions.append(scan.region)
         affines.append(scan.affine)

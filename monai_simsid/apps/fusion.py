@@ -175,6 +175,7 @@ class DescriptorFusion:
         search_mm: float | None = 3.0,
         region: str = "depth",
         crop_shape_scales_mm: Sequence[float] | None = None,
+        excludes: Sequence[np.ndarray | None] | None = None,
         **knn_args: Any,
     ) -> tuple[DescriptorFusion, list[tuple[np.ndarray, np.ndarray]]]:
         """Fit the memory on normal model-space images and set both units from normal scans.
@@ -195,6 +196,9 @@ class DescriptorFusion:
             in_bank, calibrate: per image, whether its voxels fill the bank and whether it sets the units (default:
                 every image does both).
             search_mm, region, crop_shape_scales_mm: see the class.
+            excludes: per image, ``None`` or a bool ``(X, Y, Z)`` region to leave out (see
+                :mod:`monai_simsid.data.exclusion`): its voxels fill no bank row and set no unit, and the lung region
+                returned with its term does not hold them.
             knn_args: for :class:`~monai_simsid.apps.descriptor_knn.DescriptorKNN` (``k``, ``bank_size``, ``seed``).
 
         Returns:
@@ -218,6 +222,10 @@ class DescriptorFusion:
         _check_region(region)
         hus = [hu_from_windows(img, hu_windows)[0].astype(np.float32) for img in images]
         regions = [_lung_region(hu, sp, d, region) for hu, sp, d in zip(hus, spacings, depths)]
+        if excludes is not None:
+            if len(excludes) != n:
+                raise ValueError(f"need one exclusion (or None) per image, got {len(excludes)} for {n} images.")
+            regions = [r if e is None else r & ~np.asarray(e, dtype=bool) for r, e in zip(regions, excludes)]
         bank_scans = [i for i in range(n) if in_bank[i] and regions[i].any()]
         if not bank_scans:
             raise NoLungRegionError("the normal scans have no lung region: the descriptor fusion needs chest CT.")

@@ -20,7 +20,7 @@ __all__ = [
 ]
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
-PATH_KEYS = ("image", "label")
+PATH_KEYS = ("image", "label", "exclude")
 
 
 def case_name(path: str | os.PathLike) -> str:
@@ -101,7 +101,8 @@ def load_datalist(
 
     The file looks like ``{"training": [{"image": ...}], "validation": [{"image": ..., "label": ...}],
     "test": [...]}``. Paths are relative to the JSON file (or ``base_dir``); ``label`` is a lesion mask and is
-    absent for normal scans.
+    absent for normal scans; ``exclude`` (optional) is a mask of a region of a normal scan to leave out of training
+    and calibration (see :mod:`monai_simsid.data.exclusion`).
 
     Args:
         path: the JSON file.

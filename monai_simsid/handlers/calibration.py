@@ -25,6 +25,7 @@ from monai_simsid.apps.normative import (
     lung_depth_from_windows,
     position_cells,
 )
+from monai_simsid.data.exclusion import item_exclusion
 from monai_simsid.inferers.anomaly import AnomalyInferer
 from monai_simsid.inferers.scoring import SCORE_METHODS, scan_score
 
@@ -58,6 +59,9 @@ def collect_normal_statistics(
             sampled voxel is returned as a fourth element.
         fuse: one callable per item, applied to its map after ``normative`` (e.g. a
             :class:`~monai_simsid.apps.fusion.DescriptorFusion` bound to the item's descriptor term).
+
+    An item's exclusion mask (see :mod:`monai_simsid.data.exclusion`), grown by its margin, is left out of its scan
+    score and of the sampled voxels.
     """
     if isinstance(normative, LungDepthNormativeMap) and depths is None:
         raise ValueError("a lung-depth normative map needs the depths of the items.")
@@ -73,9 +77,11 @@ def collect_normal_statistics(
             amap = normative.apply(amap.cpu(), body[0, 0].cpu(), None if depths is None else depths[n]).to(amap.device)
         if fuse is not None:
             amap = fuse[n](amap.cpu()).to(amap.device)
-        scan_scores.append(scan_score(amap, res.score_map[0], body[0], "topk", topk_fraction))
-        window_scores.append(scan_score(amap, res.score_map[0], body[0], "discriminator"))
-        inside = (body[0] > 0.5).cpu()
+        excluded = item_exclusion(item)
+        kept = body[0] if excluded is None else body[0] * torch.from_numpy(~excluded)[None].to(body.device)
+        scan_scores.append(scan_score(amap, res.score_map[0], kept, "topk", topk_fraction))
+        window_scores.append(scan_score(amap, res.score_map[0], kept, "discriminator"))
+        inside = (kept > 0.5).cpu()
         vals = amap.float().cpu()[inside].numpy()
         keep = rng.choice(vals.size, max_voxels_per_scan, replace=False) if vals.size > max_voxels_per_scan else slice(None)
         voxels.append(vals[keep])
@@ -216,7 +222,8 @@ class CalibrationHandler:
         return DescriptorFusion.fit(
             images, self.normative_depth_windows, spacings, list(depths) + extra_depths, v_thr, v_scale,
             in_bank=[k in bank_keys for k in keys] + [True] * len(extra),
-            calibrate=[True] * len(self.items) + [False] * len(extra), **self.descriptor_args,
+            calibrate=[True] * len(self.items) + [False] * len(extra),
+            excludes=[item_exclusion(i, sp) for i, sp in zip(self.items + extra, spacings)], **self.descriptor_args,
         )
 
     def _audit(self, terms: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[dict[str, Any]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import torch
 import pytest
 
 from monai_simsid.apps.audit import audit_normal_terms
@@ -79,3 +80,40 @@ def test_calibration_audits_the_normal_scans_and_finds_a_nodule_in_one(tmp_path)
     written = json.loads((tmp_path / "normal_audit.json").read_text())
     assert written["scans"] == json.loads(json.dumps(audit)) and written["smooth_mm"] == 5.0
     assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_an_excluded_region_is_left_out_of_the_calibration_and_the_audit(tmp_path):
+    """The same three normals, the nodule's region excluded in its scan (datalist ``exclude``): the audit no longer
+    finds it, the voxel threshold drops, and the memory's bank holds no row from it."""
+    from test_fusion import WINDOWS, _item, _LungWindowModel
+
+    from monai_simsid.apps.fusion import DescriptorFusion
+    from monai_simsid.data.exclusion import EXCLUDE_MARGIN_MM
+    from monai_simsid.handlers.calibration import CalibrationHandler
+    from monai_simsid.inferers.anomaly import AnomalyInferer
+
+    net, inferer = _LungWindowModel(), AnomalyInferer((16, 16, 16), sw_batch_size=2, overlap=0.25)
+    with_nodule, hu, nodule, centre = _item(2, radius_mm=7.0)
+    runs, scans = {}, {}
+    for excluded in (False, True):
+        scan = scans[excluded] = dict(with_nodule, exclude=torch.as_tensor(nodule)[None].float()) if excluded else with_nodule
+        runs[excluded] = CalibrationHandler(
+            net, inferer, [_item(0)[0], _item(1)[0], scan], output_path=tmp_path / str(excluded) / "model.pt",
+            bundle_name="b", bundle_version="0", model_config={}, source="normals", normative_depth_windows=WINDOWS,
+            descriptor_fusion=True,
+        )()
+    before = {e["source"]: e for e in runs[False]["normal_audit"]}[str(id(with_nodule))]
+    after = {e["source"]: e for e in runs[True]["normal_audit"]}[str(id(scans[True]))]
+    assert after["peak"] < 0.6 * before["peak"]
+    # the new peak lies beyond the grown exclusion (the nodule's 7 mm radius plus the margin), 3 mm voxels
+    assert np.linalg.norm(np.subtract(after["model_voxel"], centre)) * 3.0 > 7.0 + EXCLUDE_MARGIN_MM - 3.0
+    # the sampled normal voxels leave the grown region out
+    from monai_simsid.data.exclusion import item_exclusion
+    from monai_simsid.handlers.calibration import collect_normal_statistics
+
+    stats = {e: collect_normal_statistics(net, inferer, [scans[e]]) for e in (False, True)}
+    body = np.asarray(with_nodule["body"][0]) > 0.5
+    gone = item_exclusion(scans[True])
+    assert stats[False][2].size == body.sum() and stats[True][2].size == (body & ~gone).sum() < body.sum()
+    banks = [len(DescriptorFusion.from_dict(runs[e]["fusion"]).knn.bank) for e in (False, True)]
+    assert 0 < banks[1] < banks[0]

@@ -241,3 +241,24 @@ def test_the_audit_ranks_a_training_scan_with_a_nodule_first(chest_datalist, tmp
     centre = label.affine @ np.r_[np.argwhere(np.asarray(label.dataobj) > 0).mean(axis=0), 1.0]
     assert np.linalg.norm(np.asarray(audit[0]["peak_ras_mm"]) - centre[:3]) <= 6.0  # on the 5 mm nodule
     assert _fit(datalist, tmp_path / "c" / "memory.npz", region="crop")["normal_audit"] is None
+
+
+def test_an_excluded_region_of_a_training_scan_is_left_out(chest_datalist, tmp_path):
+    """The scan with the nodule, its region excluded (``exclude`` in the datalist): the audit looks elsewhere in it.
+    A mask that does not match its scan is one clear error naming the mask."""
+    root = chest_datalist.parent
+    names = ["normal_0", "normal_1", "nodule_5"]
+    training = [{"image": str(root / f"{n}.nii.gz")} for n in names]
+    training[2]["exclude"] = str(root / "nodule_5_label.nii.gz")
+    datalist = tmp_path / "excluded.json"
+    datalist.write_text(json.dumps({"training": training}))
+    audit = {e["source"]: e for e in _fit(datalist, tmp_path / "m" / "memory.npz")["normal_audit"]}
+    label = nib.load(str(root / "nodule_5_label.nii.gz"))
+    centre = label.affine @ np.r_[np.argwhere(np.asarray(label.dataobj) > 0).mean(axis=0), 1.0]
+    assert np.linalg.norm(np.asarray(audit[training[2]["image"]]["peak_ras_mm"]) - centre[:3]) > 10.0
+    small = tmp_path / "small_mask.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.uint8), label.affine), str(small))
+    training[2]["exclude"] = str(small)
+    datalist.write_text(json.dumps({"training": training}))
+    with pytest.raises(InputError, match="small_mask.nii.gz: exclude mask shape"):
+        _fit(datalist, tmp_path / "bad" / "memory.npz")

@@ -50,6 +50,24 @@ def test_label_follows_image(ct_file):
     assert set(np.unique(d["label"].numpy())) <= {0.0, 1.0}
 
 
+def test_exclusion_mask_follows_image_and_must_match_it(ct_file):
+    """A normal scan's ``exclude`` mask is resampled (nearest), cropped and padded with the image, without a label
+    beside it; one of another shape is an error naming it."""
+    arr = simple_ct()
+    mask = np.zeros(arr.shape, np.uint8)
+    mask[18:22, 20:24, 14:18] = 1
+    p = ct_file(arr=arr)
+    d = build_preprocessing(target_spacing=[3.0, 3.0, 3.0])({"image": p, "exclude": ct_file(arr=mask, name="ex.nii.gz")})
+    assert d["exclude"].shape == d["image"].shape and "label" not in d
+    assert set(np.unique(d["exclude"].numpy())) == {0.0, 1.0}
+    assert float(d["exclude"].sum()) * 27.0 == pytest.approx(float(mask.sum()) * 1.5**3, rel=0.5)
+    bad = ct_file(arr=mask[:-2], name="short_mask.nii.gz")
+    with pytest.raises(Exception) as info:
+        build_preprocessing()({"image": p, "exclude": bad})
+    err = find_input_error(info.value)
+    assert err is not None and "short_mask.nii.gz" in str(err) and "exclude mask shape" in str(err)
+
+
 def test_errors_are_reported_through_compose(ct_file):
     p = ct_file(arr=np.zeros((20, 20, 20), np.float32) + 5, name="flat.nii.gz")
     with pytest.raises(Exception) as info:

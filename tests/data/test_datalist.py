@@ -20,6 +20,17 @@ def test_relative_paths_resolve_against_json(tmp_path, ct_file):
     assert test[0]["label"] == str(lab.resolve())
 
 
+def test_an_exclusion_mask_path_is_resolved_and_checked(tmp_path, ct_file):
+    img = ct_file(name="n_ct.nii.gz")
+    ex = ct_file(name="n_exclude.nii.gz")
+    dl = tmp_path / "dl.json"
+    dl.write_text(json.dumps({"training": [{"image": "n_ct.nii.gz", "exclude": "n_exclude.nii.gz"}]}))
+    assert load_datalist(dl) == [{"image": str(img.resolve()), "exclude": str(ex.resolve())}]
+    dl.write_text(json.dumps({"training": [{"image": "n_ct.nii.gz", "exclude": "gone.nii.gz"}]}))
+    with pytest.raises(InputError, match="gone.nii.gz.*does not exist"):
+        load_datalist(dl)
+
+
 def test_missing_file_names_the_file(tmp_path):
     dl = tmp_path / "dl.json"
     dl.write_text(json.dumps({"training": [{"image": "nope.nii.gz"}]}))

@@ -178,14 +178,25 @@ class BodyMask(Transform):
 
 
 def sample_window_starts(
-    body: np.ndarray, roi_size: Sequence[int], num_samples: int, rng: np.random.Generator
+    body: np.ndarray,
+    roi_size: Sequence[int],
+    num_samples: int,
+    rng: np.random.Generator,
+    exclude: np.ndarray | None = None,
+    max_tries: int = 64,
 ) -> np.ndarray:
     """Start corners of ``num_samples`` windows whose centres are drawn uniformly from the body voxels.
 
-    The array must be at least ``roi_size`` on every axis; windows are shifted to stay inside it.
+    The array must be at least ``roi_size`` on every axis; windows are shifted to stay inside it. With ``exclude``
+    (a mask of voxels no window may hold, e.g. a lesion in a normal scan), the centres are drawn uniformly from the
+    body voxels whose window holds none of them (by rejection).
 
     Returns:
         ``(num_samples, ndim)`` int array.
+
+    Raises:
+        ValueError: a window larger than the array, or an ``exclude`` mask that leaves no window after
+            ``max_tries`` rounds of draws.
     """
     shape = np.asarray(body.shape)
     roi = np.asarray(roi_size, dtype=int)
@@ -194,8 +205,27 @@ def sample_window_starts(
     if np.any(shape < roi):
         raise ValueError(f"array shape {tuple(shape)} is smaller than the window {tuple(roi)}; pad it first.")
     idx = np.flatnonzero(body.reshape(-1) > 0)
-    if idx.size == 0:
-        centres = rng.integers(0, shape, size=(num_samples, body.ndim))
-    else:
-        centres = np.stack(np.unravel_index(rng.choice(idx, size=num_samples), body.shape), axis=-1)
-    return np.clip(centres - roi // 2, 0, shape - roi).astype(int)
+
+    def draw(n: int) -> np.ndarray:
+        if idx.size == 0:
+            centres = rng.integers(0, shape, size=(n, body.ndim))
+        else:
+            centres = np.stack(np.unravel_index(rng.choice(idx, size=n), body.shape), axis=-1)
+        return np.clip(centres - roi // 2, 0, shape - roi).astype(int)
+
+    points = None if exclude is None else np.argwhere(np.asarray(exclude) > 0)
+    if points is None or points.size == 0:
+        return draw(num_samples)
+    if tuple(np.asarray(exclude).shape) != tuple(body.shape):
+        raise ValueError(f"exclude mask {tuple(np.asarray(exclude).shape)} and body {tuple(body.shape)} differ in shape.")
+    kept: list[np.ndarray] = []
+    for _ in range(max_tries):
+        starts = draw(max(num_samples, 16))
+        inside = (points[None] >= starts[:, None]) & (points[None] < starts[:, None] + roi)
+        kept.extend(starts[~inside.all(-1).any(-1)])
+        if len(kept) >= num_samples:
+            return np.stack(kept[:num_samples])
+    raise ValueError(
+        f"the exclusion mask ({points.shape[0]} voxels, grown by its margin) leaves no {tuple(roi)} training window "
+        "clear of it in this scan: make the mask smaller or leave the scan out."
+    )

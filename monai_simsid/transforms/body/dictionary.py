@@ -10,7 +10,9 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, Randomizable
 
+from monai_simsid.data.exclusion import EXCLUDE_KEY, EXCLUDE_MARGIN_MM, item_exclusion
 from monai_simsid.transforms.body.array import BodyMask, body_bbox, region_index, sample_window_starts
+from monai_simsid.utils.errors import InputError
 
 __all__ = ["BodyMaskd", "BodyMaskD", "BodyMaskDict", "RandBodyWindowsd", "RandBodyWindowsD", "RandBodyWindowsDict"]
 
@@ -68,6 +70,12 @@ class RandBodyWindowsd(Randomizable, MapTransform):
         region_grid: body-region grid ((1, 1, 1) gives region 0 everywhere).
         body_key: key of the body mask.
         pad_value: value used to pad the image (the first key).
+        exclude_key: key of an optional mask of voxels no window may hold (a region of a normal scan to leave out,
+            see :mod:`monai_simsid.data.exclusion`), grown by ``exclude_margin_mm``; it is not passed on.
+        exclude_margin_mm: how far (mm) the exclusion mask is grown.
+
+    Raises:
+        InputError: naming the scan, when its exclusion mask leaves no window.
     """
 
     def __init__(
@@ -79,8 +87,12 @@ class RandBodyWindowsd(Randomizable, MapTransform):
         body_key: str = "body",
         pad_value: float = -1.0,
         allow_missing_keys: bool = False,
+        exclude_key: str | None = EXCLUDE_KEY,
+        exclude_margin_mm: float = EXCLUDE_MARGIN_MM,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
+        self.exclude_key = exclude_key
+        self.exclude_margin_mm = float(exclude_margin_mm)
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}.")
         if len(roi_size) != len(region_grid):
@@ -92,8 +104,8 @@ class RandBodyWindowsd(Randomizable, MapTransform):
         self.pad_value = pad_value
         self._starts: np.ndarray | None = None
 
-    def randomize(self, body: np.ndarray) -> None:
-        self._starts = sample_window_starts(body, self.roi_size, self.num_samples, self.R)
+    def randomize(self, body: np.ndarray, exclude: np.ndarray | None = None) -> None:
+        self._starts = sample_window_starts(body, self.roi_size, self.num_samples, self.R, exclude)
 
     def _pad(self, x: torch.Tensor, value: float) -> torch.Tensor:
         pads = []
@@ -105,12 +117,21 @@ class RandBodyWindowsd(Randomizable, MapTransform):
     def __call__(self, data: Mapping[Hashable, object]) -> list[dict]:
         d = dict(data)
         first = self.first_key(d)
+        exclude = None
+        mask = d.pop(self.exclude_key, None) if self.exclude_key is not None else None
+        if mask is not None:  # grown in the scan's grid, then padded like the body
+            grown = item_exclusion({"image": d[first], EXCLUDE_KEY: mask}, None, self.exclude_margin_mm)
+            exclude = self._pad(torch.from_numpy(grown[None].astype(np.float32)), 0.0)[0].numpy() > 0.5
         body = self._pad(torch.as_tensor(d[self.body_key]).float(), 0.0)
         arrays = {k: self._pad(torch.as_tensor(d[k]).float(), self.pad_value if k == first else 0.0) for k in self.key_iterator(d)}
         arrays[self.body_key] = body
         body_np = body[0].numpy() > 0.5
         bbox = body_bbox(body_np)
-        self.randomize(body_np)
+        try:
+            self.randomize(body_np, exclude)
+        except ValueError as err:
+            meta = getattr(d[first], "meta", None) or {}
+            raise InputError(meta.get("filename_or_obj", "<scan>"), str(err)) from None
         out = []
         for start in self._starts:  # type: ignore[union-attr]
             sl = (slice(None),) + tuple(slice(int(s), int(s) + r) for s, r in zip(start, self.roi_size))

@@ -13,7 +13,7 @@ from monai.transforms import LoadImage, Transform
 from monai_simsid.data.datalist import is_dicom_folder
 from monai_simsid.utils.errors import InputError
 
-__all__ = ["LoadCT", "check_ct_intensities", "check_dicom_series", "validate_ct"]
+__all__ = ["LoadCT", "check_ct_intensities", "check_dicom_series", "check_mask_matches", "validate_ct"]
 
 
 def check_ct_intensities(
@@ -97,6 +97,15 @@ def check_dicom_series(folder: str | os.PathLike) -> None:
             f"DICOM series has a missing or duplicate slice (slice gaps from {gaps.min():.3g} to {gaps.max():.3g} mm "
             f"over {len(names)} slices, expected a constant {step:.3g} mm)",
         )
+
+
+def check_mask_matches(mask: MetaTensor, image: MetaTensor, path: str | os.PathLike, name: str = "label") -> None:
+    """Raise an :class:`InputError` naming ``path`` unless the loaded ``mask`` has the loaded ``image``'s shape and
+    affine (spacing, origin and direction, to 1e-3)."""
+    if tuple(mask.shape) != tuple(image.shape):
+        raise InputError(path, f"{name} mask shape {tuple(mask.shape[1:])} differs from image shape {tuple(image.shape[1:])}")
+    if not torch.allclose(torch.as_tensor(mask.affine).double(), torch.as_tensor(image.affine).double(), atol=1e-3):
+        raise InputError(path, f"{name} mask affine (spacing/origin/direction) differs from the image's")
 
 
 class LoadCT(Transform):

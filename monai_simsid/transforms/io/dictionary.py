@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Mapping
 
-import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
-from monai_simsid.transforms.io.array import LoadCT
-from monai_simsid.utils.errors import InputError
+from monai_simsid.transforms.io.array import LoadCT, check_mask_matches
 
 __all__ = ["LoadCTd", "LoadCTD", "LoadCTDict"]
 
@@ -17,7 +15,7 @@ __all__ = ["LoadCTd", "LoadCTD", "LoadCTDict"]
 class LoadCTd(MapTransform):
     """Dictionary version of :class:`LoadCT`.
 
-    The first key is the CT image; the others (e.g. a lesion ``label``) are loaded as masks and must match the
+    The first key is the CT image; the others (e.g. a lesion ``label``, an ``exclude`` region) are loaded as masks and must match the
     image's shape and affine.
 
     Args:
@@ -52,10 +50,7 @@ class LoadCTd(MapTransform):
             if key in self.label_keys:
                 img = self.label_loader(path)
                 if ref is not None:
-                    if tuple(img.shape) != tuple(ref.shape):
-                        raise InputError(path, f"label shape {tuple(img.shape[1:])} differs from image shape {tuple(ref.shape[1:])}")
-                    if not torch.allclose(img.affine.double(), ref.affine.double(), atol=1e-3):
-                        raise InputError(path, "label affine (spacing/origin/direction) differs from the image's")
+                    check_mask_matches(img, ref, path, str(key))
             else:
                 img = self.image_loader(path)
                 ref = img

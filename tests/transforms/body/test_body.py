@@ -78,3 +78,36 @@ def test_body_bbox_equals_the_nonzero_extent():
             assert list(start) == [int(i.min()) for i in idx] and list(end) == [int(i.max()) + 1 for i in idx]
         else:  # empty: the whole array
             assert list(start) == [0] * len(shape) and list(end) == list(shape)
+
+
+def test_training_windows_keep_clear_of_an_excluded_region():
+    """No window holds a voxel of the grown exclusion; the mask is not passed on; a mask that leaves no window is one
+    clear error naming the scan."""
+
+    from monai_simsid.data.exclusion import grow_mask
+    from monai_simsid.transforms.body import RandBodyWindowsd
+    from monai_simsid.utils.errors import InputError
+
+    shape = (48, 48, 48)
+    image = MetaTensor(torch.zeros(1, *shape), meta={"filename_or_obj": "chest_07.nii.gz"})
+    body = torch.ones(1, *shape)
+    exclude = torch.zeros(1, *shape)
+    exclude[0, 10:14, 10:14, 10:14] = 1
+    grown = grow_mask(exclude[0].numpy(), (1, 1, 1), 3.0)
+    sampler = RandBodyWindowsd(["image"], roi_size=(16, 16, 16), num_samples=8, region_grid=(1, 1, 1), exclude_margin_mm=3.0)
+    sampler.set_random_state(0)
+    starts = []
+    for _ in range(10):
+        for item in sampler({"image": image, "body": body, "exclude": exclude}):
+            s = item["window_start"].numpy()
+            assert not grown[s[0] : s[0] + 16, s[1] : s[1] + 16, s[2] : s[2] + 16].any()
+            assert "exclude" not in item
+            starts.append(s)
+    plain = RandBodyWindowsd(["image"], roi_size=(16, 16, 16), num_samples=80, region_grid=(1, 1, 1))
+    plain.set_random_state(0)
+    hits = [item["window_start"].numpy() for item in plain({"image": image, "body": body, "exclude": None})]
+    assert any(grown[s[0] : s[0] + 16, s[1] : s[1] + 16, s[2] : s[2] + 16].any() for s in hits)  # it can fail
+    everywhere = torch.zeros(1, *shape)
+    everywhere[0, ::12, ::12, ::12] = 1
+    with pytest.raises(InputError, match="chest_07.nii.gz: the exclusion mask"):
+        sampler({"image": image, "body": body, "exclude": everywhere})

@@ -66,7 +66,7 @@ def test_ct_check_can_be_bypassed(ct_file):
 def test_dict_version_checks_label_geometry(ct_file):
     img = ct_file(name="i.nii.gz")
     lab = ct_file(arr=np.zeros((40, 44, 30), np.uint8), name="l.nii.gz")
-    with pytest.raises(InputError, match="label shape"):
+    with pytest.raises(InputError, match="label mask shape"):
         LoadCTd(["image", "label"])({"image": img, "label": lab})
     lab2 = ct_file(arr=np.zeros((40, 44, 32), np.uint8), affine=np.diag([1, 1, 1, 1.0]), name="l2.nii.gz")
     with pytest.raises(InputError, match="affine"):
