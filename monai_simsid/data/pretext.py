@@ -10,6 +10,7 @@ import torch
 from monai.utils.misc import MAX_SEED
 from torch.utils.data import Dataset
 
+from monai_simsid.data.exclusion import EXCLUDE_KEY
 from monai_simsid.transforms.anomaly.pretext import PRETEXT_LABEL_KEY, CutPastePretextd
 from monai_simsid.transforms.body.dictionary import RandBodyWindowsd
 
@@ -111,7 +112,7 @@ class PretextDataset(Dataset):
             sampler.set_random_state(int(seeds[2 * j]) % MAX_SEED)
             if has_seed:
                 self.pretext_transform.set_random_state(int(seeds[2 * j + 1]) % MAX_SEED)  # type: ignore[union-attr]
-            src = {self.image_key: item[self.image_key], self.body_key: item[self.body_key]}
+            src = {self.image_key: item[self.image_key], self.body_key: item[self.body_key], EXCLUDE_KEY: item.get(EXCLUDE_KEY)}
             for window in sampler(src):
                 window = {k: window[k] for k in keep}
                 out = dict(self.pretext_transform(window))

@@ -11,6 +11,7 @@ from monai.utils.misc import MAX_SEED
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
+from monai_simsid.data.exclusion import EXCLUDE_KEY
 from monai_simsid.engines.base import AnomalyTrainer
 from monai_simsid.losses.baselines import CutPasteLoss
 from monai_simsid.networks.blocks.density import GaussianDensity
@@ -158,7 +159,7 @@ def embed_normal_windows(
                 region_grid=(1,) * len(roi_size), body_key=body_key, pad_value=pad_value,
             )
             sampler.set_random_state(int(s) % MAX_SEED)
-            windows = sampler({image_key: item[image_key], body_key: item[body_key]})
+            windows = sampler({image_key: item[image_key], body_key: item[body_key], EXCLUDE_KEY: item.get(EXCLUDE_KEY)})
             x = torch.stack([torch.as_tensor(w[image_key]).float() for w in windows])
             for i in range(0, x.shape[0], batch_size):
                 embeddings.append(network.embed(x[i : i + batch_size].to(device)).float().cpu())

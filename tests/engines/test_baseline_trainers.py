@@ -126,6 +126,26 @@ def test_pretext_transform_and_dataset():
         PretextDataset(scans, roi_size=(16, 16, 16), num_samples=0)
 
 
+def test_pretext_windows_keep_clear_of_an_excluded_region():
+    from monai.data import MetaTensor
+
+    from monai_simsid.data.exclusion import item_exclusion
+
+    scans = normal_scans(num=1, size=40)
+    mask = torch.zeros(1, 40, 40, 40)
+    mask[0, 18:22, 18:22, 18:22] = 1
+    scans[0]["exclude"] = MetaTensor(mask, affine=torch.diag(torch.tensor([3.0, 3.0, 3.0, 1.0])))  # grown by 3 voxels
+    grown = item_exclusion(scans[0])
+    ds = PretextDataset(scans, roi_size=(12, 12, 12), num_samples=40, seed=0, region_grid=(1, 1, 1))
+    for s in ds.samples:
+        a = s["window_start"].numpy()
+        assert not grown[a[0] : a[0] + 12, a[1] : a[1] + 12, a[2] : a[2] + 12].any()
+    plain = PretextDataset([{k: v for k, v in scans[0].items() if k != "exclude"}], roi_size=(12, 12, 12),
+                           num_samples=40, seed=0, region_grid=(1, 1, 1))  # fmt: skip
+    assert any(grown[a[0] : a[0] + 12, a[1] : a[1] + 12, a[2] : a[2] + 12].any()
+               for a in (s["window_start"].numpy() for s in plain.samples))  # fmt: skip
+
+
 def test_cutpaste_trainer_regeneration_and_density():
     torch.manual_seed(0)
     scans = normal_scans()

@@ -189,14 +189,14 @@ def sample_window_starts(
 
     The array must be at least ``roi_size`` on every axis; windows are shifted to stay inside it. With ``exclude``
     (a mask of voxels no window may hold, e.g. a lesion in a normal scan), the centres are drawn uniformly from the
-    body voxels whose window holds none of them (by rejection).
+    body voxels whose window holds none of them: by rejection, and where ``max_tries`` rounds of draws do not find
+    enough, from every such voxel, found exactly.
 
     Returns:
         ``(num_samples, ndim)`` int array.
 
     Raises:
-        ValueError: a window larger than the array, or an ``exclude`` mask that leaves no window after
-            ``max_tries`` rounds of draws.
+        ValueError: a window larger than the array, or an ``exclude`` mask that leaves no clear window.
     """
     shape = np.asarray(body.shape)
     roi = np.asarray(roi_size, dtype=int)
@@ -225,7 +225,22 @@ def sample_window_starts(
         kept.extend(starts[~inside.all(-1).any(-1)])
         if len(kept) >= num_samples:
             return np.stack(kept[:num_samples])
-    raise ValueError(
-        f"the exclusion mask ({points.shape[0]} voxels, grown by its margin) leaves no {tuple(roi)} training window "
-        "clear of it in this scan: make the mask smaller or leave the scan out."
-    )
+    # clear windows are rare: find every body voxel whose window is clear (a summed-area table), and draw from those
+    counts = np.pad(np.asarray(exclude) > 0, [(1, 0)] * body.ndim).astype(np.int32)
+    for axis in range(body.ndim):
+        counts = counts.cumsum(axis)
+    hi = [np.arange(n - r + 1) + r for n, r in zip(shape, roi)]  # window ends, one per start
+    total = np.zeros([len(h) for h in hi], dtype=np.int64)
+    for corner in np.ndindex(*(2,) * body.ndim):
+        ix = np.ix_(*[h if c else h - r for h, c, r in zip(hi, corner, roi)])
+        total += (-1) ** (body.ndim - sum(corner)) * counts[ix]
+    centre_starts = np.ix_(*[np.clip(np.arange(n) - r // 2, 0, n - r) for n, r in zip(shape, roi)])
+    clear = (total == 0)[centre_starts] & (body > 0)
+    idx = np.flatnonzero(clear.reshape(-1))
+    if idx.size == 0:
+        raise ValueError(
+            f"the exclusion mask ({points.shape[0]} voxels, grown by its margin) leaves no {tuple(int(r) for r in roi)} training window "
+            "clear of it in this scan: make the mask smaller or leave the scan out."
+        )
+    centres = np.stack(np.unravel_index(rng.choice(idx, size=num_samples), body.shape), axis=-1)
+    return np.clip(centres - roi // 2, 0, shape - roi).astype(int)

@@ -111,3 +111,24 @@ def test_training_windows_keep_clear_of_an_excluded_region():
     everywhere[0, ::12, ::12, ::12] = 1
     with pytest.raises(InputError, match="chest_07.nii.gz: the exclusion mask"):
         sampler({"image": image, "body": body, "exclude": everywhere})
+
+
+def test_rare_clear_windows_are_found_exactly_and_drawn_uniformly():
+    """Where rejection gives up (few clear windows), the exact search finds them: the same set as brute force."""
+    from monai_simsid.transforms.body.array import sample_window_starts
+
+    shape, roi = (20, 18, 16), np.array([8, 8, 8])
+    body = np.ones(shape, bool)
+    exclude = np.zeros(shape, bool)
+    exclude[8:12, 7:11, 6:10] = True  # a block in the middle: only windows at the edges are clear
+    starts = sample_window_starts(body, roi, 200, np.random.default_rng(0), exclude, max_tries=0)
+    for s in starts:
+        assert not exclude[s[0] : s[0] + 8, s[1] : s[1] + 8, s[2] : s[2] + 8].any()
+    clear_centres = [
+        c for c in np.ndindex(*shape)
+        if not exclude[tuple(slice(int(a), int(a) + 8) for a in np.clip(np.subtract(c, 4), 0, np.subtract(shape, 8)))].any()
+    ]
+    expected = {tuple(np.clip(np.subtract(c, 4), 0, np.subtract(shape, 8))) for c in clear_centres}
+    assert {tuple(s) for s in starts} <= expected and len({tuple(s) for s in starts}) > 1
+    with pytest.raises(ValueError, match="leaves no"):
+        sample_window_starts(body, roi, 2, np.random.default_rng(0), np.ones(shape, bool), max_tries=2)
