@@ -58,6 +58,7 @@ def add_to_datalist(datalist: str | Path, masks: dict[str, Path], out: str | Pat
     missing = sorted(set(masks) - found)
     if missing:
         raise ValueError(f"{datalist}: no entry has the image {missing[0]}")
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
         tmp.write_text(json.dumps(content, indent=2) + "\n")
     return Path(out)
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
 
             scans = json.loads(Path(args.audit).read_text())["scans"][: max(args.top, 0)]
             folder = Path(args.out_datalist).resolve().parent
-            folder.mkdir(parents=True, exist_ok=True)
+            folder.mkdir(parents=True, exist_ok=True)  # (the masks go beside the new datalist)
             for entry in scans:
                 src = str(Path(entry["source"]).resolve())
                 out = folder / f"{case_name(src)}_exclude.nii.gz"

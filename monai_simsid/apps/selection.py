@@ -29,6 +29,7 @@ import torch
 
 from monai_simsid.data.datalist import load_datalist
 from monai_simsid.data.datasets import build_validation_data, preprocess_all
+from monai_simsid.data.exclusion import item_exclusion
 from monai_simsid.inferers.scoring import scan_score
 from monai_simsid.metrics.sample import compute_sample_auroc
 from monai_simsid.metrics.voxel import compute_voxel_ap, compute_voxel_auroc
@@ -60,6 +61,9 @@ def synthetic_lesion_scores(
         score_method, topk_fraction: the scan score (see :func:`~monai_simsid.inferers.scoring.scan_score`).
         device: where the windows run.
 
+    A normal's exclusion mask (see :mod:`monai_simsid.data.exclusion`), grown by its margin, is left out of its
+    scores and voxels, and of its injected copies'.
+
     Returns:
         ``voxel_ap`` and ``voxel_auroc``: inside the body, averaged over the injected cases; ``sample_auroc``: the
         scan scores of the normals against those of the injected cases. ``num_lesion_cases``.
@@ -74,23 +78,24 @@ def synthetic_lesion_scores(
     network.eval()
     scores, labels, ap, auroc = [], [], [], []
 
-    def run(item: dict) -> tuple[np.ndarray, float]:
+    def run(item: dict) -> tuple[np.ndarray, float, np.ndarray]:
         x = torch.as_tensor(item["image"])[None].float().to(device)
         body = torch.as_tensor(item["body"])[None].to(device)
         with torch.no_grad():
             res = inferer(x, network, body)
-        score = scan_score(res.anomaly_map[0], res.score_map[0], body[0], score_method, topk_fraction)
-        return res.anomaly_map[0, 0].detach().cpu().numpy(), float(score)
+        excluded = item_exclusion(item)  # a region of the normal to leave out: not scored
+        kept = body[0] if excluded is None else body[0] * torch.from_numpy(~excluded)[None].to(body.device)
+        score = scan_score(res.anomaly_map[0], res.score_map[0], kept, score_method, topk_fraction)
+        return res.anomaly_map[0, 0].detach().cpu().numpy(), float(score), kept[0].cpu().numpy() > 0.5
 
     for normal in normals:
         scores.append(run(normal)[1])
         labels.append(0)
     for s in seeds:
         for item in build_validation_data(list(normals), seed=int(s))[len(normals):]:  # the injected copies
-            amap, score = run(item)
+            amap, score, body = run(item)
             scores.append(score)
             labels.append(1)
-            body = np.asarray(item["body"]).reshape(amap.shape) > 0
             lesion = np.asarray(item["label"]).reshape(amap.shape) > 0
             ap.append(compute_voxel_ap(amap, lesion, body).value)
             auroc.append(compute_voxel_auroc(amap, lesion, body).value)

@@ -65,6 +65,20 @@ def test_the_same_lesions_for_every_call_and_other_lesions_for_other_seeds():
     assert all(float(torch.as_tensor(n["image"])[0, 1:-1].std()) < 0.05 for n in normals)  # the normals stay untouched
 
 
+def test_an_excluded_region_of_a_normal_is_not_scored():
+    """A bright spot in one normal makes it score like a lesion case; excluded, it no longer counts."""
+    from monai.data import MetaTensor
+
+    normals = _normals()
+    normals[0]["image"][0, 18:22, 16:20, 14:18] = 1.0
+    with_spot = synthetic_lesion_scores(_Deviation(), _inferer(), normals, seeds=(0, 1))
+    mask = torch.zeros(1, 40, 36, 32)
+    mask[0, 18:22, 16:20, 14:18] = 1
+    normals[0]["exclude"] = MetaTensor(mask, affine=torch.diag(torch.tensor([4.0, 4.0, 4.0, 1.0])))
+    excluded = synthetic_lesion_scores(_Deviation(), _inferer(), normals, seeds=(0, 1))
+    assert with_spot["sample_auroc"] < 1.0 and excluded["sample_auroc"] == 1.0
+
+
 def test_arguments_are_checked():
     with pytest.raises(ValueError, match="normal"):
         synthetic_lesion_scores(_Blind(), _inferer(), [], seeds=(0,))

@@ -44,11 +44,15 @@ def test_from_a_point_and_clear_errors(tmp_path, capsys):
     scan = tmp_path / "s_ct.nii.gz"
     nib.save(nib.Nifti1Image(simple_ct(shape=(20, 20, 20)), np.diag([2.0, 2.0, 2.0, 1.0])), str(scan))
     out = tmp_path / "m.nii.gz"
-    assert tool.main(["--image", str(scan), "--ras", "20", "20", "20", "--radius-mm", "4", "--out", str(out)]) == 0
+    dl = tmp_path / "dl.json"
+    dl.write_text(json.dumps({"training": [{"image": str(scan)}], "test": [{"image": str(scan)}]}))
+    new_dl = tmp_path / "new" / "dl.json"  # a folder that does not exist yet
+    assert tool.main(["--image", str(scan), "--ras", "20", "20", "20", "--radius-mm", "4", "--out", str(out),
+                      "--datalist", str(dl), "--out-datalist", str(new_dl)]) == 0
+    assert all(e["exclude"] == str(out) for e in json.loads(new_dl.read_text())["training"] + json.loads(new_dl.read_text())["test"])
     assert np.asarray(nib.load(str(out)).dataobj).sum() == 33  # the voxel centres within 2 voxels of (10, 10, 10)
     assert tool.main(["--image", str(scan), "--ras", "500", "0", "0", "--radius-mm", "4", "--out", str(out)]) == 2
     assert "holds no voxel" in capsys.readouterr().err
-    dl = tmp_path / "dl.json"
     dl.write_text(json.dumps({"training": [{"image": str(out)}]}))
     assert tool.main(["--image", str(scan), "--ras", "20", "20", "20", "--radius-mm", "4", "--out", str(out),
                       "--datalist", str(dl), "--out-datalist", str(tmp_path / "x.json")]) == 2
