@@ -86,7 +86,7 @@ def collect_normal_statistics(
         keep = rng.choice(vals.size, max_voxels_per_scan, replace=False) if vals.size > max_voxels_per_scan else slice(None)
         voxels.append(vals[keep])
         if cell_grid is not None:
-            cells.append(position_cells(inside[0], cell_grid)[inside[0]].numpy()[keep])
+            cells.append(position_cells((body[0, 0] > 0.5).cpu(), cell_grid)[inside[0]].numpy()[keep])  # the body's frame
         elif depths is not None:
             cells.append(np.asarray(depths[n], dtype=np.float32)[inside[0].numpy()][keep])
     out = (scan_scores, window_scores, np.concatenate(voxels) if voxels else np.zeros(0))
