@@ -113,7 +113,7 @@ class DescriptorPredictor(CalibratedMapPredictor):
             "method": "descriptor_knn",
             "region": region,
             "grid": "input voxel grid (computed in closest-RAS voxel order)",
-            "hu_clip": list(HU_RANGE),
+            "hu_clip": [HU_RANGE[0], knn.hu_max],
             "scales_mm": list(knn.scales_mm),
             "shape_scales_mm": list(knn.shape_scales_mm),
             "context": knn.context,

@@ -63,6 +63,13 @@ CONTEXTS = (None, "lung_depth")
 DEPTH_RANGE_MM = (-10.0, 30.0)
 
 
+def _check_hu_max(hu_max: float) -> float:
+    value = float(hu_max)
+    if not np.isfinite(value) or value <= -400.0:
+        raise ValueError(f"hu_max must be a finite HU value above -400 (soft tissue must stay above it), got {hu_max}.")
+    return value
+
+
 def _check_scales(scales_mm: Sequence[float], name: str = "scales_mm", allow_empty: bool = False) -> tuple[float, ...]:
     scales = tuple(float(s) for s in scales_mm)
     if (not scales and not allow_empty) or not all(np.isfinite(s) and s > 0 for s in scales):
@@ -87,11 +94,15 @@ def _gaussian_filters(image: np.ndarray, inner: np.ndarray, jobs: Sequence[dict[
 
 
 def multiscale_descriptors(
-    image_hu: Any, spacing: Sequence[float], mask: Any = None, scales_mm: Sequence[float] = DEFAULT_SCALES_MM
+    image_hu: Any,
+    spacing: Sequence[float],
+    mask: Any = None,
+    scales_mm: Sequence[float] = DEFAULT_SCALES_MM,
+    hu_max: float = HU_RANGE[1],
 ) -> np.ndarray:
     """Gaussian-smoothed HU at each scale, for the voxels of ``mask``.
 
-    HU is clipped to ``[-1000, 400]`` first. Smoothing runs on the mask's bounding box grown by three widths of the
+    HU is clipped to ``[-1000, hu_max]`` first (400 by default). Smoothing runs on the mask's bounding box grown by three widths of the
     largest scale (edge values repeated beyond the array), so the result does not depend on what lies far away.
 
     Args:
@@ -99,6 +110,7 @@ def multiscale_descriptors(
         spacing: voxel size in mm per axis.
         mask: voxels to describe (default: all).
         scales_mm: Gaussian standard deviations in mm.
+        hu_max: the ceiling of the HU clip (see :class:`DescriptorKNN`).
 
     Returns:
         float32 array ``(n_mask_voxels, len(scales_mm))`` in the mask's C order.
@@ -114,7 +126,7 @@ def multiscale_descriptors(
     if not out.shape[0]:
         return out
     box = _bbox(mask, np.ceil(3.0 * max(scales) / sp).astype(int) + 1)
-    sub = np.clip(img[box].astype(np.float32), *HU_RANGE)
+    sub = np.clip(img[box].astype(np.float32), HU_RANGE[0], _check_hu_max(hu_max))
     inner = mask[box]
     for i, smoothed in enumerate(_gaussian_filters(sub, inner, [{"sigma": s / sp} for s in scales])):
         out[:, i] = smoothed
@@ -122,11 +134,15 @@ def multiscale_descriptors(
 
 
 def hessian_shape_descriptors(
-    image_hu: Any, spacing: Sequence[float], mask: Any = None, scales_mm: Sequence[float] = DEFAULT_SHAPE_SCALES_MM
+    image_hu: Any,
+    spacing: Sequence[float],
+    mask: Any = None,
+    scales_mm: Sequence[float] = DEFAULT_SHAPE_SCALES_MM,
+    hu_max: float = HU_RANGE[1],
 ) -> np.ndarray:
     """Blob and tube strength of the HU at each scale, from the eigenvalues of its Hessian, for the voxels of ``mask``.
 
-    At each Gaussian width ``s`` the Hessian of the smoothed HU (clipped to ``[-1000, 400]``, derivatives in mm) is
+    At each Gaussian width ``s`` the Hessian of the smoothed HU (clipped to ``[-1000, hu_max]``, derivatives in mm) is
     scale-normalised by ``s**2`` and its eigenvalues sorted ``l1 <= l2 <= l3``. A bright structure curves down
     across itself: a compact blob (a nodule) in all three directions (``l3 < 0``), a tube (a vessel) in two
     (``l2 < 0``, ``l3`` near 0), a sheet (a fissure, the pleura) in one. The two features per scale are
@@ -156,7 +172,7 @@ def hessian_shape_descriptors(
     if not n or not scales:
         return out
     box = _bbox(mask, np.ceil(6.0 * max(scales) / sp).astype(int) + 1)
-    sub = np.clip(img[box].astype(np.float32), *HU_RANGE)
+    sub = np.clip(img[box].astype(np.float32), HU_RANGE[0], _check_hu_max(hu_max))
     inner = mask[box]
     pairs = [(i, j) for i in range(3) for j in range(i, 3)]  # (0,0) (0,1) (0,2) (1,1) (1,2) (2,2)
     hessian = np.empty((6, n), dtype=np.float32)
@@ -261,10 +277,11 @@ def _descriptors(
     shape_scales_mm: Sequence[float],
     context: str | None,
     depth: Any = None,
+    hu_max: float = HU_RANGE[1],
 ) -> np.ndarray:
-    feats = multiscale_descriptors(image_hu, spacing, mask, scales_mm)
+    feats = multiscale_descriptors(image_hu, spacing, mask, scales_mm, hu_max)
     if shape_scales_mm:
-        feats = np.concatenate([feats, hessian_shape_descriptors(image_hu, spacing, mask, shape_scales_mm)], axis=1)
+        feats = np.concatenate([feats, hessian_shape_descriptors(image_hu, spacing, mask, shape_scales_mm, hu_max)], axis=1)
     if context == "lung_depth":
         if depth is None:
             values = lung_envelope_depth(image_hu, spacing, mask)
@@ -289,6 +306,9 @@ class DescriptorKNN:
         seed: seed of that sample.
         context: ``None`` (smoothed HU only) or ``"lung_depth"`` (plus the signed depth in the lung envelope, see
             :func:`lung_envelope_depth`; for whole chest scans, not for crops inside the lung).
+        hu_max: HU are clipped to ``[-1000, hu_max]`` before they are described. 400 (the default) keeps contrast
+            and calcium denser than soft tissue; 130 (the calcium threshold) reads contrast-filled vessels, calcium
+            and bone as dense soft tissue.
 
     Example::
 
@@ -304,8 +324,10 @@ class DescriptorKNN:
         seed: int = 0,
         context: str | None = None,
         shape_scales_mm: Sequence[float] = DEFAULT_SHAPE_SCALES_MM,
+        hu_max: float = HU_RANGE[1],
     ) -> None:
         self.scales_mm = _check_scales(scales_mm)
+        self.hu_max = _check_hu_max(hu_max)
         self.shape_scales_mm = _check_scales(shape_scales_mm, "shape_scales_mm", allow_empty=True)
         if context not in CONTEXTS:
             raise ValueError(f"context must be one of {CONTEXTS}, got {context!r}.")
@@ -371,7 +393,8 @@ class DescriptorKNN:
         sources = np.zeros(0, dtype=np.int32)
         n_scans = n_voxels = 0
         for image, mask, spacing, *depth in scans:
-            feats = _descriptors(image, spacing, mask, self.scales_mm, self.shape_scales_mm, self.context, *depth)
+            feats = _descriptors(image, spacing, mask, self.scales_mm, self.shape_scales_mm, self.context, *depth,
+                                 hu_max=self.hu_max)
             bank, keys = np.concatenate([bank, feats]), np.concatenate([keys, rng.random(feats.shape[0])])
             sources = np.concatenate([sources, np.full(feats.shape[0], n_scans, dtype=np.int32)])
             n_scans, n_voxels = n_scans + 1, n_voxels + feats.shape[0]
@@ -430,7 +453,7 @@ class DescriptorKNN:
             raise ValueError(f"depth {np.shape(depth)} and image {img.shape} differ in shape.")
         if all(s == 1 for s in steps) or not mask.any():
             out = np.zeros(img.shape, dtype=np.float32)
-            feats = _descriptors(img, spacing, mask, self.scales_mm, self.shape_scales_mm, self.context, depth)
+            feats = _descriptors(img, spacing, mask, self.scales_mm, self.shape_scales_mm, self.context, depth, self.hu_max)
             out[mask] = self._search(feats, chunk)
             return out
         steps = tuple(int(s) for s in steps)
@@ -448,7 +471,7 @@ class DescriptorKNN:
         nodes = np.zeros(img_p.shape, dtype=bool)
         nodes[tuple(slice(None, None, s) for s in steps)] = need
         coarse = np.zeros(need.shape, dtype=np.float32)
-        feats = _descriptors(img_p, spacing, nodes, self.scales_mm, self.shape_scales_mm, self.context, depth_p)
+        feats = _descriptors(img_p, spacing, nodes, self.scales_mm, self.shape_scales_mm, self.context, depth_p, self.hu_max)
         coarse[need] = self._search(feats, chunk)
         full = F.interpolate(torch.from_numpy(coarse)[None, None], size=img_p.shape, mode="trilinear", align_corners=True)
         full = full[0, 0].numpy()[tuple(slice(0, n) for n in img.shape)]
@@ -524,7 +547,7 @@ class DescriptorKNN:
         """An unfitted memory with these settings, ``context`` and ``shape_scales_mm`` (default: this memory's)."""
         return DescriptorKNN(
             self.scales_mm, k=self.k, bank_size=self.bank_size, seed=self.seed, context=context,
-            shape_scales_mm=self.shape_scales_mm if shape_scales_mm is None else shape_scales_mm,
+            shape_scales_mm=self.shape_scales_mm if shape_scales_mm is None else shape_scales_mm, hu_max=self.hu_max,
         )
 
     def state_dict(self) -> dict[str, Any]:
@@ -536,6 +559,7 @@ class DescriptorKNN:
             "bank_size": self.bank_size,
             "seed": self.seed,
             "context": self.context,
+            "hu_max": self.hu_max,
             "scale": None if self.scale is None else self.scale.copy(),
             "bank": None if self.bank is None else self.bank.copy(),
         }
@@ -543,7 +567,7 @@ class DescriptorKNN:
     @classmethod
     def from_dict(cls, state: Mapping[str, Any]) -> DescriptorKNN:
         """Rebuild a fitted memory from :meth:`state_dict`. A state without ``shape_scales_mm`` (written before the
-        shape features) has none.
+        shape features) has none; one without ``hu_max`` clipped at 400 HU.
 
         Raises:
             ValueError: when a key is missing, or the bank and scale do not match the scales.
@@ -554,6 +578,7 @@ class DescriptorKNN:
         out = cls(
             state["scales_mm"], k=state["k"], bank_size=state.get("bank_size", 120_000), seed=state.get("seed", 0),
             context=state.get("context"), shape_scales_mm=state.get("shape_scales_mm") or (),
+            hu_max=state.get("hu_max", HU_RANGE[1]),
         )
         bank, scale = np.asarray(state["bank"], dtype=np.float32), np.asarray(state["scale"], dtype=np.float64)
         n = out.num_features
@@ -567,7 +592,7 @@ class DescriptorKNN:
         if not self.is_fitted:
             raise RuntimeError("DescriptorKNN is not fitted: nothing to save.")
         state = self.state_dict()
-        keys = ("scales_mm", "shape_scales_mm", "k", "bank_size", "seed", "context")
+        keys = ("scales_mm", "shape_scales_mm", "k", "bank_size", "seed", "context", "hu_max")
         meta = {k: state[k] for k in keys} | {"extra": extra}
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to the temporary name

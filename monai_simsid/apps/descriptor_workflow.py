@@ -41,6 +41,7 @@ from monai_simsid.apps.descriptor_knn import (
     CONTEXTS,
     DEFAULT_SCALES_MM,
     DEFAULT_SHAPE_SCALES_MM,
+    HU_RANGE,
     DescriptorKNN,
     check_search_mm,
     search_step,
@@ -220,6 +221,7 @@ def fit_descriptor_memory(
     max_voxels_per_scan: int = 500_000,
     check_ct: bool = True,
     search_mm: float | None = 3.0,
+    hu_max: float = HU_RANGE[1],
 ) -> dict[str, Any]:
     """Fit the memory on a datalist's training normals, calibrate it on normal scans and write one file atomically.
 
@@ -246,6 +248,7 @@ def fit_descriptor_memory(
         search_mm: whole scans are searched on a grid of about this spacing, the distances interpolated in between
             (:func:`descriptor_map`; ``None``: every voxel), at calibration and at inference (it is stored in the
             file). Crops are small and always searched on every voxel.
+        hu_max: the ceiling of the HU clip of the descriptors (see :class:`DescriptorKNN`; stored in the file).
 
     Returns:
         the ``extra`` dict written to the file (calibration, source, counts).
@@ -256,7 +259,7 @@ def fit_descriptor_memory(
     """
     knn = DescriptorKNN(
         scales_mm, k=k, bank_size=bank_size, seed=seed, context=resolve_context(region, context),
-        shape_scales_mm=shape_scales_mm,
+        shape_scales_mm=shape_scales_mm, hu_max=hu_max,
     )
     if not 0 < fpr < 1 or not 0 < voxel_fpr < 1:
         raise ValueError(f"fpr and voxel_fpr must be in (0, 1), got {fpr} and {voxel_fpr}.")

@@ -140,7 +140,7 @@ class CalibrationHandler:
             scans when the units are set (see :meth:`~monai_simsid.apps.fusion.DescriptorFusion.fit`).
         descriptor_args: settings of the fusion's descriptor memory
             (:class:`~monai_simsid.apps.descriptor_knn.DescriptorKNN`: ``scales_mm``, ``shape_scales_mm``, ``k``,
-            ``bank_size``, ``seed``; default: its defaults) and ``crop_shape_scales_mm``, the shape widths of the memory
+            ``bank_size``, ``seed``, ``hu_max``; default: its defaults) and ``crop_shape_scales_mm``, the shape widths of the memory
             that scores inputs without a lung envelope (see :class:`~monai_simsid.apps.fusion.DescriptorFusion`).
     """
 
@@ -194,7 +194,7 @@ class CalibrationHandler:
             raise ValueError("descriptor_fusion needs normative_depth_windows (the lung-envelope depth of chest CT).")
         self.bank_items = list(bank_items) if bank_items else None
         self.descriptor_args = dict(descriptor_args or {})
-        unknown = set(self.descriptor_args) - {"scales_mm", "shape_scales_mm", "crop_shape_scales_mm", "k", "bank_size", "seed"}
+        unknown = set(self.descriptor_args) - {"scales_mm", "shape_scales_mm", "crop_shape_scales_mm", "k", "bank_size", "seed", "hu_max"}
         if unknown:
             raise ValueError(f"descriptor_args: unknown settings {sorted(unknown)}.")
         crop_widths = self.descriptor_args.get("crop_shape_scales_mm")

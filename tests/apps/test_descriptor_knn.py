@@ -349,3 +349,27 @@ def test_closed_form_eigenvalues_match_lapack():
     h[6] = 0.0
     got = np.stack(_symmetric_eigenvalues(h[:, 0, 0], h[:, 1, 1], h[:, 2, 2], h[:, 0, 1], h[:, 0, 2], h[:, 1, 2]), 1)
     np.testing.assert_allclose(got, np.linalg.eigvalsh(h), atol=1e-7 * np.abs(h).max())
+
+
+def test_hu_ceiling_reads_contrast_as_dense_soft_tissue_and_is_kept(tmp_path):
+    """``hu_max`` clips the HU before they are described: with 130, a 500 HU vessel describes as a 130 HU one; the
+    setting rides with the state, the file and every derived memory; a state without it clips at 400."""
+    img, _ = _lung_with_vessels(1)
+    bright, ceiling = img.copy(), img.copy()
+    bright[img > 0], ceiling[img > 0] = 500.0, 130.0
+    sp = (1.0, 1.0, 1.0)
+    np.testing.assert_array_equal(multiscale_descriptors(bright, sp, hu_max=130), multiscale_descriptors(ceiling, sp))
+    np.testing.assert_array_equal(hessian_shape_descriptors(bright, sp, hu_max=130), hessian_shape_descriptors(ceiling, sp))
+    assert not np.allclose(multiscale_descriptors(bright, sp), multiscale_descriptors(ceiling, sp))  # 400 by default
+    knn = DescriptorKNN(scales_mm=(1.5, 3.0), k=3, bank_size=3000, hu_max=130).fit([img], [np.ones(img.shape, bool)], [sp])
+    mask = np.ones(img.shape, bool)
+    np.testing.assert_array_equal(knn(bright, mask, sp), knn(ceiling, mask, sp))
+    assert DescriptorKNN.from_dict(knn.state_dict()).hu_max == 130.0 and knn.without_context().hu_max == 130.0
+    knn.save(tmp_path / "m.npz")
+    assert DescriptorKNN.load(tmp_path / "m.npz")[0].hu_max == 130.0
+    old = knn.state_dict()
+    del old["hu_max"]
+    assert DescriptorKNN.from_dict(old).hu_max == 400.0
+    for bad in (-500, float("nan")):
+        with pytest.raises(ValueError, match="hu_max"):
+            DescriptorKNN(hu_max=bad)

@@ -163,10 +163,13 @@ def test_fusion_is_fitted_on_the_normals_and_stored_with_the_calibration(calibra
     # the memory's settings come from descriptor_args (the bundle's config key of that name)
     assert fusion.knn.shape_scales_mm == (1.5, 3.0, 5.0) and fusion.knn.num_features == 5 + 6 + 1  # the defaults
     hu_only = CalibrationHandler(
-        net, inferer, normals, descriptor_fusion=True, descriptor_args={"shape_scales_mm": [], "k": 3}, **kw
+        net, inferer, normals, descriptor_fusion=True, descriptor_args={"shape_scales_mm": [], "k": 3, "hu_max": 130},
+        **kw,
     )()
-    hu_knn = DescriptorFusion.from_dict(hu_only["fusion"]).knn
+    hu_fusion = DescriptorFusion.from_dict(hu_only["fusion"])
+    hu_knn = hu_fusion.knn
     assert hu_knn.shape_scales_mm == () and hu_knn.k == 3 and hu_knn.bank.shape[1] == 5 + 1
+    assert hu_knn.hu_max == hu_fusion.crop_knn.hu_max == 130.0 and fusion.knn.hu_max == 400.0
     with pytest.raises(ValueError, match="descriptor_args"):
         CalibrationHandler(net, inferer, normals, descriptor_fusion=True, descriptor_args={"scale": 1}, **kw)
 
