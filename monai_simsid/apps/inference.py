@@ -653,6 +653,7 @@ class AnomalyPredictor(CalibratedMapPredictor):
                 "scales_mm": list(self.fusion.knn.scales_mm),
                 # the widths this input was described with: a crop gets the crop memory's
                 "shape_scales_mm": list((self.fusion.knn if self.normative_positions else self.fusion.crop_knn).shape_scales_mm),
+                "hu_max": self.fusion.knn.hu_max,
                 "search_mm": self.fusion.search_mm,
                 "region": self.fusion.region,
                 "grid": "model" if self.normative_positions else "input",

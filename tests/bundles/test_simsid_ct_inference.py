@@ -20,6 +20,8 @@ from monai_simsid.data.datalist import load_datalist
 from monai_simsid.export import read_slicer_segmentation
 from monai_simsid.utils.errors import find_input_error
 
+#: the bundle's descriptor_args hu_max (the ceiling of the descriptor memory's HU clip)
+HU_MAX_DEFAULT = 400.0
 TRAIN = {"roi_size": [32, 32, 32], "num_samples": 4, "batch_size": 2, "progress": False, "max_epochs": 8, "val_interval": 100, "learning_rate": 2e-3}
 
 
@@ -243,6 +245,7 @@ def test_descriptor_fusion_is_the_default_and_can_be_turned_off(trained, synthet
     # the bundle's descriptor_args: whole scans are described at four shape widths, crops at the three finest
     assert predictor.fusion.knn.shape_scales_mm == (1.5, 3.0, 5.0, 8.0) and predictor.fusion.crop_knn.shape_scales_mm == (1.5, 3.0, 5.0)
     assert predictor.report_extra()["fusion"]["shape_scales_mm"] == [1.5, 3.0, 5.0, 8.0]
+    assert predictor.fusion.knn.hu_max == predictor.report_extra()["fusion"]["hu_max"] == HU_MAX_DEFAULT
     assert crop.report_extra()["fusion"]["shape_scales_mm"] == [1.5, 3.0, 5.0]
     assert crop.predict(case).anomaly_map.max() > 0
     # the stored fusion searches a 3 mm grid and reads the lung region off the depth; the timing tool reads it back
