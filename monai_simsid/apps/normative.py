@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from monai_simsid.apps.descriptor_knn import DEPTH_RANGE_MM, lung_envelope_depth
 from monai_simsid.transforms.body.array import body_bbox
 from monai_simsid.transforms.intensity.array import hu_from_windows
+from monai_simsid.utils.geometry import spacing_from_affine
 
 __all__ = [
     "LungDepthNormativeMap",
@@ -263,7 +264,7 @@ def affine_spacing(affine: Any) -> tuple[float, ...]:
     a = np.asarray(torch.as_tensor(affine), dtype=np.float64)
     if a.shape != (4, 4):
         raise ValueError(f"expected a 4x4 affine, got shape {a.shape}.")
-    return tuple(float(v) for v in np.linalg.norm(a[:3, :3], axis=0))
+    return tuple(float(v) for v in spacing_from_affine(a))
 
 
 def lung_depth_from_windows(

@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from monai_simsid.utils.geometry import spacing_from_affine
+
 __all__ = ["EXCLUDE_KEY", "EXCLUDE_MARGIN_MM", "grow_mask", "item_exclusion", "sphere_mask"]
 
 #: the datalist key (and preprocessed item key) of the exclusion mask
@@ -82,8 +84,7 @@ def item_exclusion(
         affine = getattr(item.get("image"), "affine", None) if affine is None else affine
         if affine is None:
             raise ValueError("the exclusion mask carries no affine: give its spacing.")
-        a = np.asarray(torch.as_tensor(affine), dtype=np.float64)
-        spacing = np.linalg.norm(a[:3, :3], axis=0)
+        spacing = spacing_from_affine(affine)
     arr = np.asarray(torch.as_tensor(mask).detach().cpu())
     arr = arr[0] if arr.ndim == 4 else arr
     return grow_mask(arr, spacing, margin_mm)
@@ -104,7 +105,7 @@ def sphere_mask(shape: Sequence[int], affine: Any, centre_ras_mm: Sequence[float
         raise ValueError("need a 4x4 invertible affine and a 3D centre.")
     shape = tuple(int(s) for s in shape)
     ijk = np.linalg.solve(a, np.r_[centre, 1.0])[:3]
-    reach = radius_mm / np.linalg.norm(a[:3, :3], axis=0) + 1
+    reach = radius_mm / spacing_from_affine(a) + 1
     lo = np.clip(np.floor(ijk - reach), 0, shape).astype(int)
     hi = np.clip(np.ceil(ijk + reach) + 1, 0, shape).astype(int)
     out = np.zeros(shape, np.uint8)

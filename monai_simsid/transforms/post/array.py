@@ -17,6 +17,8 @@ from monai.data import MetaTensor
 from monai.transforms import Transform
 from scipy import ndimage
 
+from monai_simsid.utils.geometry import spacing_from_affine
+
 __all__ = [
     "AnomalyPostprocess",
     "extract_findings",
@@ -43,14 +45,6 @@ def _spatial(x: NdarrayOrTensor, name: str, ndim: int = 3) -> np.ndarray:
     if arr.ndim != ndim:
         raise ValueError(f"{name} must be a {ndim}D spatial array (optionally with one channel), got shape {arr.shape}")
     return arr
-
-
-def spacing_from_affine(affine: NdarrayOrTensor) -> np.ndarray:
-    """Voxel size in mm per axis: the norms of the affine's direction columns."""
-    a = _to_numpy(affine).astype(float)
-    if a.ndim != 2 or a.shape[0] != a.shape[1] or a.shape[0] < 2:
-        raise ValueError(f"affine must be a square (N+1)x(N+1) matrix, got shape {a.shape}")
-    return np.sqrt((a[:-1, :-1] ** 2).sum(0))
 
 
 def _check_spacing(spacing: Sequence[float], ndim: int) -> np.ndarray:
