@@ -14,7 +14,11 @@ Parts (each method runs on the same data, in the file's voxel grid reoriented to
   in mm, seconds per scan (the method's own call, lung region included) and the process's peak RSS so far.
   Ties: every voxel within ``1e-6`` (relative) of the maximum counts as a top voxel; "on tumour" is the fraction of
   them on the tumour (the expected hit of a random tie-break), shown "yes" when >= 0.5, and the distance is their
-  mean distance.
+  mean distance. For a method that writes a report (a trained bundle, ``model:...``), also the report itself: whether
+  its first finding (the component with the highest peak after the bundle's post-processing: smoothing, the
+  calibrated threshold, the minimum volume) has its peak voxel on the tumour, and the tumour's rank among the
+  findings (the first finding that overlaps it; "not among" when none does). The top voxel of the raw map may lie
+  in a component too small to be a finding.
 - **LIDC crops** (``lidc_nodules/image/X`` pairs with ``lidc_nodules/mask/X``): per-crop voxel AUROC (nodule vs the
   rest of the crop), averaged over crops, and the detection rate per nodule diameter bin (< 6, 6-10, 10-20,
   > 20 mm, ``diameter_mm`` of ``nodules.csv``). A nodule is *detected* when the top-scoring voxel of its crop lies
@@ -33,7 +37,8 @@ Parts (each method runs on the same data, in the file's voxel grid reoriented to
   added where it exceeds the host's, over a soft edge (:func:`monai_simsid.data.lesions.transplant_lesion`). A method
   fitted on normal scans is fitted on the other normals; a model method reads ``{host}`` in its checkpoint path as
   the host's name (its leave-one-out checkpoint). Per scan: lung-region voxel AUROC and AP, and detection (the top
-  voxel of the body in the nodule), by diameter.
+  voxel of the body in the nodule), by diameter; for a method with a report, the share of scans whose report's
+  first finding has its peak on the nodule.
   ``--transplant-site pleural`` puts the same nodules against the border of the lung envelope (juxtapleural, labelled
   where they raised the host by more than 100 HU); ``--transplant-thickness MM`` re-acquires every case with axial
   slices of MM mm on its own grid (a thick-slice series such as lung2's 5 mm).
@@ -70,7 +75,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import nibabel as nib
 import numpy as np
@@ -102,6 +107,7 @@ __all__ = [
     "TRANSPLANT_PER_BIN",
     "BenchmarkContext",
     "MapFn",
+    "MapOutput",
     "build_parser",
     "evaluate_lidc",
     "evaluate_lung2",
@@ -111,6 +117,7 @@ __all__ = [
     "load_volume",
     "main",
     "normal_scan",
+    "report_figures",
     "resolve_method",
     "run_benchmark",
     "scan_score",
@@ -136,8 +143,25 @@ TRANSPLANT_PER_BIN = 5
 TOP_FRACTION = 0.001  # scan score: mean of the top 0.1% voxels of the lung region
 TIE_RTOL = 1e-6
 
-#: ``(image_path, image_hu, affine, spacing) -> float32 anomaly map`` of the image's shape.
-MapFn = Callable[[Path, np.ndarray, np.ndarray, tuple], np.ndarray]
+#: ``(image_path, image_hu, affine, spacing) -> float32 anomaly map`` of the image's shape, or a :class:`MapOutput`
+#: (a method that also writes a report, e.g. a trained bundle).
+MapFn = Callable[[Path, np.ndarray, np.ndarray, tuple], "np.ndarray | MapOutput"]
+
+
+class MapOutput(NamedTuple):
+    """A method's map with its report, all in the benchmark's canonical voxel order.
+
+    Attributes:
+        map: float32 anomaly map of the image's shape.
+        labels: integer component map of the report's findings (0 = none), or ``None`` for a method without a report.
+        finding_ids: the findings' label values, in the report's order (first = the report's top finding).
+        finding_peaks: each finding's peak voxel (canonical indices), in the same order.
+    """
+
+    map: np.ndarray
+    labels: np.ndarray | None = None
+    finding_ids: tuple[int, ...] = ()
+    finding_peaks: tuple[tuple[int, int, int], ...] = ()
 
 
 def load_volume(path: str | Path, dtype: Any = np.float32) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
@@ -344,7 +368,13 @@ def _model_method(spec: str) -> Callable[[BenchmarkContext], MapFn]:
             out = np.asarray(canon.dataobj, dtype=np.float32)
             if out.shape != image_hu.shape:
                 raise RuntimeError(f"{path}: model map shape {out.shape} differs from the image {image_hu.shape}")
-            return out
+            labels = np.asarray(nib.as_closest_canonical(nib.Nifti1Image(pred.mask, pred.affine)).dataobj)
+            to_voxel = np.linalg.inv(canon.affine)
+            peaks = tuple(
+                tuple(int(v) for v in np.clip(np.rint((to_voxel @ np.r_[f["peak_ras_mm"], 1.0])[:3]), 0, np.array(out.shape) - 1))
+                for f in pred.findings
+            )
+            return MapOutput(out, labels, tuple(int(f["id"]) for f in pred.findings), peaks)
 
         return fn
 
@@ -369,15 +399,34 @@ def _peak_rss_mib() -> float:
     return float(kb) / (1024.0 * 1024.0) if sys.platform == "darwin" else float(kb) / 1024.0
 
 
-def _run_map(fn: MapFn, path: Path, image: np.ndarray, affine: np.ndarray, spacing: tuple) -> tuple[np.ndarray, float]:
+def _run_map(fn: MapFn, path: Path, image: np.ndarray, affine: np.ndarray, spacing: tuple) -> tuple[MapOutput, float]:
     t0 = time.perf_counter()
-    out = np.asarray(fn(path, image, affine, spacing), dtype=np.float32)
+    res = fn(path, image, affine, spacing)
     dt = time.perf_counter() - t0
+    res = res if isinstance(res, MapOutput) else MapOutput(res)
+    out = np.asarray(res.map, dtype=np.float32)
     if out.shape != image.shape:
         raise ValueError(f"the method returned a map of shape {out.shape} for an image of shape {image.shape}.")
     if not np.all(np.isfinite(out)):
         raise ValueError("the method returned non-finite scores.")
-    return out, dt
+    if res.labels is not None and np.shape(res.labels) != image.shape:
+        raise ValueError(f"the method returned labels of shape {np.shape(res.labels)} for an image of shape {image.shape}.")
+    return res._replace(map=out), dt
+
+
+def report_figures(res: MapOutput, lesion: np.ndarray) -> dict[str, Any]:
+    """How a method's report treats the lesion: ``{}`` for a method without a report, else ``n_findings``,
+    ``first_finding_on_lesion`` (the report's top finding has its peak voxel in the lesion) and
+    ``lesion_finding_rank`` (1-based rank of the first finding that overlaps the lesion; ``None``: no finding does)."""
+    if res.labels is None:
+        return {}
+    rank = None
+    for i, fid in enumerate(res.finding_ids):
+        if np.any(lesion[res.labels == fid]):
+            rank = i + 1
+            break
+    first = bool(res.finding_peaks) and bool(lesion[tuple(res.finding_peaks[0])])
+    return {"n_findings": len(res.finding_ids), "first_finding_on_lesion": first, "lesion_finding_rank": rank}
 
 
 def top_voxels(score: np.ndarray, region: np.ndarray | None = None) -> np.ndarray:
@@ -438,7 +487,8 @@ def evaluate_lung2(
         ctx.cache[cache_key] = (body, lung_region_mask(image, spacing, body=body))
     body, lung = ctx.cache[cache_key]
     fn = resolve_method(method)(ctx)
-    score, seconds = _run_map(fn, p["lung2"], image, affine, spacing)
+    res, seconds = _run_map(fn, p["lung2"], image, affine, spacing)
+    score = res.map
     auroc = compute_voxel_auroc(score, lesion, lung)
     ap = compute_voxel_ap(score, lesion, lung)
     dice = compute_best_dice(score, lesion, lung)
@@ -460,6 +510,7 @@ def evaluate_lung2(
         "lung_region_voxels": int(lung.sum()),
         "tumour_in_lung_region": float(np.count_nonzero(lesion & lung)) / max(int(lesion.sum()), 1),
         "scan_score": scan_score(score, lung),
+        **report_figures(res, lesion),
     }
     for name, r in (("lung_auroc", auroc), ("lung_ap", ap), ("best_dice_oracle", dice)):
         if r.value is None:
@@ -545,6 +596,7 @@ def evaluate_lidc(
         if nodule.shape != image.shape:
             raise ValueError(f"{c['name']}: mask shape {nodule.shape} differs from image shape {image.shape}.")
         score, dt = _run_map(fn, c["image"], image, affine, spacing)
+        score = score.map
         seconds += dt
         auroc = compute_voxel_auroc(score, nodule)
         records.append(
@@ -605,7 +657,7 @@ def evaluate_normals(
             scores[path.name] = float("nan")
             print(f"warning: {method} on {path.name}: {err}", file=sys.stderr)
             continue
-        score, _ = _run_map(fn, path, image, affine, spacing)
+        score = _run_map(fn, path, image, affine, spacing)[0].map
         scores[path.name] = scan_score(score, lung)
         if overview_dir is not None:
             _overview(image, score, affine, Path(overview_dir) / f"{path.name.split('.')[0]}_{_safe(method)}.png",
@@ -737,7 +789,8 @@ def evaluate_transplant(
             fns[str(host)] = resolve_method(method)(_held_out_context(data_dir, p["normals"], host, cache))
         image, affine, spacing = load_volume(case["image"])
         lesion = case["lesion"]
-        score, dt = _run_map(fns[str(host)], case["image"], image, affine, spacing)
+        res, dt = _run_map(fns[str(host)], case["image"], image, affine, spacing)
+        score = res.map
         seconds += dt
         region = h_lung | lesion
         records.append({
@@ -746,6 +799,7 @@ def evaluate_transplant(
             "lung_auroc": compute_voxel_auroc(score, lesion, region).value,
             "lung_ap": compute_voxel_ap(score, lesion, region).value,
             "detected": top_voxel_hit(score, lesion, cache[bkey] | lesion),
+            **report_figures(res, lesion),
         })
     bins = _detection_by_diameter(records)
     mean = lambda k: float(np.mean([r[k] for r in records if r[k] is not None])) if records else None  # noqa: E731
@@ -757,6 +811,10 @@ def evaluate_transplant(
         "mean_lung_auroc": mean("lung_auroc"),
         "mean_lung_ap": mean("lung_ap"),
         "detection_rate": mean("detected"),
+        # the report's top finding on the nodule (methods with a report only; None for the others)
+        "first_finding_rate": (
+            float(np.mean([r["first_finding_on_lesion"] for r in records])) if records and "n_findings" in records[0] else None
+        ),
         "detection_by_diameter": bins,
         "seconds_per_scan": seconds / max(len(records), 1),
         "per_case": records,
@@ -822,6 +880,16 @@ def _f(x: Any, nd: int = 3) -> str:
     return f"{x:.{nd}f}"
 
 
+def _report_cell(r: dict[str, Any]) -> str:
+    """lung2's report column: "-" without a report, else whether the first finding is on the tumour, and where the
+    tumour ranks among the findings."""
+    if "n_findings" not in r:
+        return "-"
+    n, rank = r["n_findings"], r["lesion_finding_rank"]
+    where = f"tumour finding {rank} of {n}" if rank is not None else f"tumour not among {n} findings"
+    return ("yes" if r["first_finding_on_lesion"] else "no") + f" ({where})"
+
+
 def _diameter_table(
     title: str, rows: dict[str, Any], columns: Sequence[str], last: str,
     first_cells: Callable[[dict], list[str]], last_cell: Callable[[dict], str],
@@ -846,15 +914,16 @@ def format_markdown(results: dict[str, Any]) -> str:
             "**lung2** (voxel level, metrics inside the lung region; best Dice is an oracle)",
             "",
             "| method | lung AUROC | lung AP | best Dice (oracle) | top voxel on tumour | top voxel to tumour (mm) "
-            "| s / scan | peak RSS (MiB) |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+            "| report's first finding on tumour | s / scan | peak RSS (MiB) |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for m, r in results["lung2"].items():
             hit = r["top_voxel_on_tumour"]
             on = ("yes" if hit >= 0.5 else "no") + (f" ({hit:.2f} of {r['top_voxel_ties']} tied)" if r["top_voxel_ties"] > 1 else "")
             lines.append(
                 f"| {m} | {_f(r['lung_auroc'])} | {_f(r['lung_ap'])} | {_f(r['best_dice_oracle'])} | {on} "
-                f"| {_f(r['top_voxel_distance_mm'], 1)} | {_f(r['seconds_per_scan'], 1)} | {_f(r['peak_rss_mib'], 0)} |"
+                f"| {_f(r['top_voxel_distance_mm'], 1)} | {_report_cell(r)} | {_f(r['seconds_per_scan'], 1)} "
+                f"| {_f(r['peak_rss_mib'], 0)} |"
             )
         lines.append("")
     if results.get("lidc"):
@@ -867,8 +936,8 @@ def format_markdown(results: dict[str, Any]) -> str:
         lines += _diameter_table(
             "**LIDC nodules transplanted into the normal chest scans** (whole scans, fitted without the host; mean per "
             "scan of the lung-region voxel AUROC and AP; detection = top voxel of the body inside the nodule)",
-            results["transplant"], ["scans", "lung AUROC", "lung AP"], "s / scan",
-            lambda r: [str(r["n_cases"]), _f(r["mean_lung_auroc"]), _f(r["mean_lung_ap"])],
+            results["transplant"], ["scans", "lung AUROC", "lung AP", "report's first finding on nodule"], "s / scan",
+            lambda r: [str(r["n_cases"]), _f(r["mean_lung_auroc"]), _f(r["mean_lung_ap"]), _f(r.get("first_finding_rate"), 2)],
             lambda r: _f(r["seconds_per_scan"], 1),
         )
     if results.get("normals"):

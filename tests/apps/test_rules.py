@@ -155,6 +155,55 @@ def test_benchmark_helpers_and_model_method():
     assert bench.main(["--data-dir", str(REPO / "no_such_folder")]) == 0  # absent data: skipped
 
 
+def test_benchmark_reads_a_models_report_in_canonical_order(tmp_path, monkeypatch):
+    """A model method hands back its report: labels and peaks reoriented like the map, so the report's first finding
+    is judged on the same voxels as the map (an x-flipped input makes a wrong reorientation miss)."""
+    import monai_simsid.apps.inference as inference
+
+    bench = _benchmark_module()
+    shape = (6, 5, 4)
+    affine = np.diag([-1.0, 1.0, 2.0, 1.0])  # x runs right to left: the canonical order flips it
+    affine[:3, 3] = [5.0, -2.0, 3.0]
+    amap = np.zeros(shape, np.float32)
+    mask = np.zeros(shape, np.uint8)
+    amap[1, 2, 3], amap[1, 1, 3] = 0.9, 0.7
+    mask[1, 1:3, 3] = 1
+    amap[4, 0, 0] = 0.6
+    mask[4, 0, 0] = 2
+    findings = [
+        {"id": 1, "peak_ras_mm": (affine @ [1, 2, 3, 1])[:3].tolist()},
+        {"id": 2, "peak_ras_mm": (affine @ [4, 0, 0, 1])[:3].tolist()},
+    ]
+    pred = inference.CasePrediction("c", amap, mask, affine, 0.9, 1.0, "anomalous", findings, {}, mask > 0)
+    monkeypatch.setattr(inference, "predict_map", lambda *a, **k: pred)
+    ckpt = tmp_path / "model.pt"
+    ckpt.write_bytes(b"")
+    fn = bench.resolve_method(f"model:simsid_ct:{ckpt}")(bench.BenchmarkContext(tmp_path, []))
+    res, _ = bench._run_map(fn, tmp_path / "c.nii.gz", np.zeros(shape, np.float32), np.eye(4), (1.0, 1.0, 2.0))
+    assert isinstance(res, bench.MapOutput)
+    assert res.finding_ids == (1, 2) and res.finding_peaks[0] == (4, 2, 3)  # x index 1 -> 6 - 1 - 1
+    assert res.map[4, 2, 3] == pytest.approx(0.9) and res.labels[4, 2, 3] == 1 and res.labels[1, 0, 0] == 2
+    on = np.zeros(shape, bool)
+    on[4, 2, 3] = True
+    assert bench.report_figures(res, on) == {"n_findings": 2, "first_finding_on_lesion": True, "lesion_finding_rank": 1}
+    second = np.zeros(shape, bool)
+    second[1, 0, 0] = True  # the second finding's voxel
+    assert bench.report_figures(res, second) == {"n_findings": 2, "first_finding_on_lesion": False, "lesion_finding_rank": 2}
+    rim = np.zeros(shape, bool)
+    rim[4, 1, 3] = True  # inside the first finding, not its peak
+    assert bench.report_figures(res, rim)["lesion_finding_rank"] == 1
+    assert not bench.report_figures(res, rim)["first_finding_on_lesion"]
+    assert bench.report_figures(res, np.zeros(shape, bool))["lesion_finding_rank"] is None
+    lung2_row = {"n_findings": 2, "first_finding_on_lesion": False, "lesion_finding_rank": None}
+    assert bench._report_cell(lung2_row) == "no (tumour not among 2 findings)"
+    assert bench._report_cell({}) == "-"
+    # a method without a report: its map is wrapped, and it has no report figures
+    plain, _ = bench._run_map(lambda *a: np.ones(shape), tmp_path / "c.nii.gz", np.zeros(shape), np.eye(4), (1, 1, 1))
+    assert plain.labels is None and plain.map.dtype == np.float32 and bench.report_figures(plain, on) == {}
+    with pytest.raises(ValueError, match="labels of shape"):
+        bench._run_map(lambda *a: bench.MapOutput(np.ones(shape), np.ones((2, 2, 2))), tmp_path, np.zeros(shape), np.eye(4), (1, 1, 1))
+
+
 def test_benchmark_normal_fitted_methods_share_a_scale(phantom):
     """A normal-fitted method's map is divided by the 99.9th percentile of its map over its own training normals."""
     bench = _benchmark_module()
