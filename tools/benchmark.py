@@ -595,8 +595,8 @@ def evaluate_lidc(
         nodule = load_volume(c["mask"], dtype=np.float32)[0] > 0.5
         if nodule.shape != image.shape:
             raise ValueError(f"{c['name']}: mask shape {nodule.shape} differs from image shape {image.shape}.")
-        score, dt = _run_map(fn, c["image"], image, affine, spacing)
-        score = score.map
+        res, dt = _run_map(fn, c["image"], image, affine, spacing)
+        score = res.map
         seconds += dt
         auroc = compute_voxel_auroc(score, nodule)
         records.append(
