@@ -38,7 +38,10 @@ Parts (each method runs on the same data, in the file's voxel grid reoriented to
   fitted on normal scans is fitted on the other normals; a model method reads ``{host}`` in its checkpoint path as
   the host's name (its leave-one-out checkpoint). Per scan: lung-region voxel AUROC and AP, and detection (the top
   voxel of the body in the nodule), by diameter; for a method with a report, the share of scans whose report's
-  first finding has its peak on the nodule.
+  first finding has its peak on the nodule. At the sample level, each case is paired with its host scan without the
+  nodule (re-sliced like the cases when they are), scored by the same held-out fit: the share of cases scored above
+  their host and the sample AUROC of the hosts against the cases, with the benchmark's scan score (top 0.1% in the
+  host's lung region) and with the method's own (a bundle's raw scan score, and the share it calls anomalous).
   ``--transplant-site pleural`` puts the same nodules against the border of the lung envelope (juxtapleural, labelled
   where they raised the host by more than 100 HU); ``--transplant-thickness MM`` re-acquires every case with axial
   slices of MM mm on its own grid (a thick-slice series such as lung2's 5 mm).
@@ -71,8 +74,9 @@ import json
 import os
 import resource
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -123,6 +127,7 @@ __all__ = [
     "scan_score",
     "top_voxel_hit",
     "transplant_cases",
+    "transplant_sample_level",
 ]
 
 #: ``../shared/data/ct`` next to the repository.
@@ -156,12 +161,16 @@ class MapOutput(NamedTuple):
         labels: integer component map of the report's findings (0 = none), or ``None`` for a method without a report.
         finding_ids: the findings' label values, in the report's order (first = the report's top finding).
         finding_peaks: each finding's peak voxel (canonical indices), in the same order.
+        scan_score: the method's own raw scan score (a bundle's ``raw_score``), or ``None``.
+        scan_label: the method's own verdict on the scan (``"normal"`` or ``"anomalous"``), or ``None``.
     """
 
     map: np.ndarray
     labels: np.ndarray | None = None
     finding_ids: tuple[int, ...] = ()
     finding_peaks: tuple[tuple[int, int, int], ...] = ()
+    scan_score: float | None = None
+    scan_label: str | None = None
 
 
 def load_volume(path: str | Path, dtype: Any = np.float32) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
@@ -374,7 +383,8 @@ def _model_method(spec: str) -> Callable[[BenchmarkContext], MapFn]:
                 tuple(int(v) for v in np.clip(np.rint((to_voxel @ np.r_[f["peak_ras_mm"], 1.0])[:3]), 0, np.array(out.shape) - 1))
                 for f in pred.findings
             )
-            return MapOutput(out, labels, tuple(int(f["id"]) for f in pred.findings), peaks)
+            ids = tuple(int(f["id"]) for f in pred.findings)
+            return MapOutput(out, labels, ids, peaks, float(pred.raw_score), pred.label)
 
         return fn
 
@@ -411,6 +421,8 @@ def _run_map(fn: MapFn, path: Path, image: np.ndarray, affine: np.ndarray, spaci
         raise ValueError("the method returned non-finite scores.")
     if res.labels is not None and np.shape(res.labels) != image.shape:
         raise ValueError(f"the method returned labels of shape {np.shape(res.labels)} for an image of shape {image.shape}.")
+    if res.scan_score is not None and not np.isfinite(res.scan_score):
+        raise ValueError("the method returned a non-finite scan score.")
     return res._replace(map=out), dt
 
 
@@ -710,8 +722,6 @@ def transplant_cases(
     Returns:
         one dict per case: ``name``, ``host`` (path), ``image`` (path), ``lesion`` (bool array), ``diameter_mm``.
     """
-    import tempfile
-
     from monai_simsid.data.lesions import lesion_sites, transplant_lesion
     from monai_simsid.transforms.acquisition.array import simulate_slice_thickness
 
@@ -779,6 +789,7 @@ def evaluate_transplant(
     p = _paths(data_dir)
     records, seconds = [], 0.0
     fns: dict[str, MapFn] = {}
+    hosts: dict[str, dict[str, Any]] = {}
     for case in transplant_cases(data_dir, cache, per_bin, seed, thickness_mm, site):
         host = case["host"]
         bkey = ("body", str(host))
@@ -787,6 +798,7 @@ def evaluate_transplant(
             cache[bkey] = compute_body_mask(h_img, h_sp)
         if str(host) not in fns:
             fns[str(host)] = resolve_method(method)(_held_out_context(data_dir, p["normals"], host, cache))
+            hosts[_host_name(host)] = _clean_host_scores(fns[str(host)], host, cache, thickness_mm)
         image, affine, spacing = load_volume(case["image"])
         lesion = case["lesion"]
         res, dt = _run_map(fns[str(host)], case["image"], image, affine, spacing)
@@ -795,11 +807,13 @@ def evaluate_transplant(
         region = h_lung | lesion
         records.append({
             "name": case["name"],
+            "host": _host_name(host),
             "diameter_mm": case["diameter_mm"],
             "lung_auroc": compute_voxel_auroc(score, lesion, region).value,
             "lung_ap": compute_voxel_ap(score, lesion, region).value,
             "detected": top_voxel_hit(score, lesion, cache[bkey] | lesion),
             **report_figures(res, lesion),
+            **_scan_scores(res, h_lung),
         })
     bins = _detection_by_diameter(records)
     mean = lambda k: float(np.mean([r[k] for r in records if r[k] is not None])) if records else None  # noqa: E731
@@ -816,9 +830,68 @@ def evaluate_transplant(
             float(np.mean([r["first_finding_on_lesion"] for r in records])) if records and "n_findings" in records[0] else None
         ),
         "detection_by_diameter": bins,
+        "sample": transplant_sample_level(records, hosts),
         "seconds_per_scan": seconds / max(len(records), 1),
         "per_case": records,
     }
+
+
+def _scan_scores(res: MapOutput, lung: np.ndarray) -> dict[str, Any]:
+    """A scan's scores: the benchmark's (top 0.1% of the map in the host's lung region) and, for a method that has
+    them, its own raw scan score and verdict."""
+    out: dict[str, Any] = {"scan_score": scan_score(res.map, lung)}
+    if res.scan_score is not None:
+        out.update(own_scan_score=float(res.scan_score), own_label=res.scan_label)
+    return out
+
+
+def _clean_host_scores(fn: MapFn, host: Path, cache: dict, thickness_mm: float | None) -> dict[str, Any]:
+    """:func:`_scan_scores` of a transplant part's host scan without a nodule, acquired like its cases (re-sliced
+    when they are), scored by the same held-out fit as its cases."""
+    from monai_simsid.transforms.acquisition.array import simulate_slice_thickness
+
+    img, lung, sp, aff = normal_scan(cache, host)
+    if not thickness_mm:
+        return _scan_scores(_run_map(fn, host, img, aff, sp)[0], lung)
+    with tempfile.TemporaryDirectory(prefix="transplant_host_") as tmp:
+        image = simulate_slice_thickness(img, sp, thickness_mm, axis=2).astype(np.float32)
+        path = Path(tmp) / f"{_host_name(host)}.nii"
+        nib.save(nib.Nifti1Image(image, aff), str(path))
+        return _scan_scores(_run_map(fn, path, image, aff, sp)[0], lung)
+
+
+def transplant_sample_level(records: Sequence[dict[str, Any]], hosts: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
+    """The transplant part at the sample level: does a scan's score rise when a nodule is put into it?
+
+    Each case is paired with its host scan without the nodule, scored by the same held-out fit. Returns, for the
+    benchmark's scan score (``""``) and, where the method has one, its own (``"own_"``): the share of cases scored
+    above their host (``above_host_rate``; overall and for nodules of 10 mm and more) and the sample AUROC of the
+    hosts (negatives) against all the cases (positives), pooled over the folds. For a method with its own verdict,
+    also the share of cases and of hosts it calls anomalous.
+
+    Args:
+        records: the per-case records of :func:`evaluate_transplant` (``host``, ``diameter_mm``, ``scan_score`` and
+            optionally ``own_scan_score``, ``own_label``).
+        hosts: host name -> the same scores of the host scan without a nodule.
+    """
+    out: dict[str, Any] = {"hosts": dict(hosts)}
+    if not records:
+        return out
+    for prefix in ("", "own_"):
+        key = prefix + "scan_score"
+        if key not in records[0] or any(key not in h for h in hosts.values()):
+            continue
+        above = [r[key] > hosts[r["host"]][key] for r in records]
+        large = [a for a, r in zip(above, records) if r["diameter_mm"] >= 10.0]
+        neg = [h[key] for h in hosts.values()]
+        auroc = compute_sample_auroc(np.array(neg + [r[key] for r in records]), np.array([0] * len(neg) + [1] * len(records)))
+        out[prefix + "above_host_rate"] = float(np.mean(above))
+        out[prefix + "above_host_rate_10mm"] = float(np.mean(large)) if large else None
+        out[prefix + "sample_auroc"] = auroc.value
+    if "own_label" in records[0]:
+        out["own_anomalous_rate"] = float(np.mean([r["own_label"] == "anomalous" for r in records]))
+        out["own_hosts_anomalous"] = int(sum(h.get("own_label") == "anomalous" for h in hosts.values()))
+    return out
 
 
 def run_benchmark(
@@ -940,6 +1013,25 @@ def format_markdown(results: dict[str, Any]) -> str:
             lambda r: [str(r["n_cases"]), _f(r["mean_lung_auroc"]), _f(r["mean_lung_ap"]), _f(r.get("first_finding_rate"), 2)],
             lambda r: _f(r["seconds_per_scan"], 1),
         )
+        lines += [
+            "**Transplanted nodules at the sample level** (each case against its host without the nodule, scored by the "
+            "same held-out fit; scan score = mean of the top 0.1% of the map in the host's lung region; the method's own "
+            "where it has one; sample AUROC = the hosts against all the cases)",
+            "",
+            "| method | case above its host (all / >= 10 mm) | sample AUROC | own score: above its host (all / >= 10 mm) "
+            "| own sample AUROC | cases called anomalous | hosts called anomalous |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for m, r in results["transplant"].items():
+            s = r.get("sample", {})
+            own_hosts = f"{s['own_hosts_anomalous']} of {len(s['hosts'])}" if "own_hosts_anomalous" in s else "-"
+            lines.append(
+                f"| {m} | {_f(s.get('above_host_rate'), 2)} / {_f(s.get('above_host_rate_10mm'), 2)} "
+                f"| {_f(s.get('sample_auroc'), 2)} | {_f(s.get('own_above_host_rate'), 2)} / "
+                f"{_f(s.get('own_above_host_rate_10mm'), 2)} | {_f(s.get('own_sample_auroc'), 2)} "
+                f"| {_f(s.get('own_anomalous_rate'), 2)} | {own_hosts} |"
+            )
+        lines.append("")
     if results.get("normals"):
         names = sorted({n for r in results["normals"].values() for n in r["normal_scores"]})
         short = [n.replace(".nii.gz", "") for n in names]

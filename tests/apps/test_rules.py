@@ -182,6 +182,7 @@ def test_benchmark_reads_a_models_report_in_canonical_order(tmp_path, monkeypatc
     res, _ = bench._run_map(fn, tmp_path / "c.nii.gz", np.zeros(shape, np.float32), np.eye(4), (1.0, 1.0, 2.0))
     assert isinstance(res, bench.MapOutput)
     assert res.finding_ids == (1, 2) and res.finding_peaks[0] == (4, 2, 3)  # x index 1 -> 6 - 1 - 1
+    assert res.scan_score == 1.0 and res.scan_label == "anomalous"  # the bundle's raw scan score and verdict
     assert res.map[4, 2, 3] == pytest.approx(0.9) and res.labels[4, 2, 3] == 1 and res.labels[1, 0, 0] == 2
     on = np.zeros(shape, bool)
     on[4, 2, 3] = True
@@ -202,6 +203,8 @@ def test_benchmark_reads_a_models_report_in_canonical_order(tmp_path, monkeypatc
     assert plain.labels is None and plain.map.dtype == np.float32 and bench.report_figures(plain, on) == {}
     with pytest.raises(ValueError, match="labels of shape"):
         bench._run_map(lambda *a: bench.MapOutput(np.ones(shape), np.ones((2, 2, 2))), tmp_path, np.zeros(shape), np.eye(4), (1, 1, 1))
+    with pytest.raises(ValueError, match="scan score"):
+        bench._run_map(lambda *a: bench.MapOutput(np.ones(shape), scan_score=float("nan")), tmp_path, np.zeros(shape), np.eye(4), (1, 1, 1))
 
 
 def test_benchmark_normal_fitted_methods_share_a_scale(phantom):
@@ -305,6 +308,12 @@ def test_benchmark_transplant_part_puts_lidc_nodules_into_held_out_normals():
     res = bench.evaluate_transplant(SHARED_CT, "intensity_rule", cache, per_bin=1)
     assert res["n_cases"] == len(cases) and 0.5 < res["mean_lung_auroc"] <= 1.0
     assert all(v["n"] == 1 for v in res["detection_by_diameter"].values())
+    # the sample level: every host is scored once without its nodule, by the same fit as its cases
+    sample = res["sample"]
+    assert set(sample["hosts"]) == {c["host"] for c in res["per_case"]}
+    hosts = sample["hosts"]
+    assert sample["above_host_rate"] == np.mean([c["scan_score"] > hosts[c["host"]]["scan_score"] for c in res["per_case"]])
+    assert "own_sample_auroc" not in sample  # the rule has no scan score of its own
     with pytest.raises(ValueError, match="held-out"):
         bench.resolve_method("model:simsid_ct:/tmp/x_{host}.pt")(bench.BenchmarkContext(SHARED_CT, normals))
 
@@ -327,3 +336,27 @@ def test_lung_window_constant_map_is_the_error_of_a_constant_reconstruction():
     np.testing.assert_allclose(lung_window_constant_map(img, lung, centre_hu=-700.0)[2, :, 1:], 0.0, atol=1e-6)
     with pytest.raises(ValueError, match="window"):
         lung_window_constant_map(img, lung, window=(-400.0, -1000.0))
+
+
+def test_transplant_sample_level_pairs_each_case_with_its_host():
+    bench = _benchmark_module()
+    hosts = {"a": {"scan_score": 1.0, "own_scan_score": 0.2, "own_label": "normal"},
+             "b": {"scan_score": 3.0, "own_scan_score": 0.9, "own_label": "anomalous"}}
+    records = [
+        {"host": "a", "diameter_mm": 5.0, "scan_score": 1.5, "own_scan_score": 0.1, "own_label": "normal"},
+        {"host": "a", "diameter_mm": 12.0, "scan_score": 0.5, "own_scan_score": 0.95, "own_label": "anomalous"},
+        {"host": "b", "diameter_mm": 25.0, "scan_score": 2.0, "own_scan_score": 1.0, "own_label": "anomalous"},
+    ]
+    out = bench.transplant_sample_level(records, hosts)
+    # above the host it came from, not above the other host: 1.5 > 1 (a), 0.5 < 1 (a), 2 < 3 (b)
+    assert out["above_host_rate"] == pytest.approx(1 / 3) and out["above_host_rate_10mm"] == 0.0
+    # hosts 1, 3 against cases 1.5, 0.5, 2: host 1 is below two cases, host 3 below none: 2 of 6 pairs
+    assert out["sample_auroc"] == pytest.approx(2 / 6)
+    assert out["own_above_host_rate"] == pytest.approx(2 / 3) and out["own_above_host_rate_10mm"] == 1.0
+    assert out["own_sample_auroc"] == pytest.approx(4 / 6)
+    assert out["own_anomalous_rate"] == pytest.approx(2 / 3) and out["own_hosts_anomalous"] == 1
+    # a method without its own score gets the benchmark's figures only
+    plain = bench.transplant_sample_level([{k: r[k] for k in ("host", "diameter_mm", "scan_score")} for r in records],
+                                          {h: {"scan_score": v["scan_score"]} for h, v in hosts.items()})
+    assert "own_sample_auroc" not in plain and "own_anomalous_rate" not in plain and plain["sample_auroc"] == pytest.approx(2 / 6)
+    assert bench.transplant_sample_level([], hosts) == {"hosts": hosts}
