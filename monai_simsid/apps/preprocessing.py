@@ -9,12 +9,19 @@ import numpy as np
 import torch
 from monai.bundle import ConfigParser
 from monai.data import MetaTensor
-from monai.transforms import Compose, Invertd
+from monai.transforms import Compose, Invertd, Orientationd
 from scipy import ndimage
 
 from monai_simsid.apps.config import shared_config_path
 
-__all__ = ["build_preprocessing", "input_hu_windows", "invert_to_input", "load_preprocessing_config", "resample_to_input"]
+__all__ = [
+    "build_preprocessing",
+    "input_hu_windows",
+    "invert_to_input",
+    "load_preprocessing_config",
+    "resample_to_input",
+    "with_slice_thickness",
+]
 
 
 def load_preprocessing_config(**overrides: Any) -> ConfigParser:
@@ -51,6 +58,32 @@ def build_preprocessing(**overrides: Any) -> Compose:
     """
     parser = load_preprocessing_config(**{k: v for k, v in overrides.items() if v is not None})
     return Compose(parser.get_parsed_content("transforms"))
+
+
+def with_slice_thickness(preprocessing: Compose, thickness_mm: float | None, image_key: str = "image") -> Compose:
+    """The chain with each image re-acquired with axial slices of ``thickness_mm`` right after its orientation,
+    before any resampling (:class:`~monai_simsid.transforms.acquisition.dictionary.SimulateSliceThicknessd` on the
+    image only, along the superior axis of the RAS grid). Normal scans go through it to build a normal reference for
+    thick-slice scans (``calibrate.json``'s ``calibration_thickness_mm``); never apply it to the scans under test.
+
+    Args:
+        preprocessing: a chain from :func:`build_preprocessing`.
+        thickness_mm: the slice thickness (mm); ``None`` returns ``preprocessing`` itself.
+        image_key: the image's key.
+
+    Raises:
+        ValueError: a bad thickness, or a chain without ``Orientationd`` to RAS.
+    """
+    if thickness_mm is None:
+        return preprocessing
+    from monai_simsid.transforms.acquisition.dictionary import SimulateSliceThicknessd
+
+    reslice = SimulateSliceThicknessd(image_key, thickness_mm, axis=2)  # checks the thickness
+    transforms = list(preprocessing.transforms)
+    at = [i for i, t in enumerate(transforms) if isinstance(t, Orientationd)]
+    if not at or "".join(transforms[at[0]].ornt_transform.axcodes or "") != "RAS":
+        raise ValueError("with_slice_thickness needs a chain that orients its images to RAS (Orientationd).")
+    return Compose(transforms[: at[0] + 1] + [reslice] + transforms[at[0] + 1 :])
 
 
 def invert_to_input(

@@ -143,3 +143,30 @@ def test_input_hu_windows_follow_the_preprocessing_settings():
     assert input_hu_windows({"hu_windows": [[-1000, -400], [-160, 240]]}) == [[-1000, -400], [-160, 240]]
     assert input_hu_windows({"hu_windows": None, "hu_window": [-200, 300]}) == [[-200, 300]]
     assert input_hu_windows({}) == [list(load_preprocessing_config().get("hu_window"))]
+
+
+def test_with_slice_thickness_reslices_along_the_superior_axis_before_resampling(ct_file):
+    from monai_simsid.apps.preprocessing import with_slice_thickness
+    from monai_simsid.transforms import simulate_slice_thickness
+
+    arr = simple_ct(shape=(30, 36, 40))
+    # the array's first axis runs superior (1 mm), its other two right and anterior (1.5 mm)
+    aff = np.array([[0, 1.5, 0, 0], [0, 0, 1.5, 0], [1.0, 0, 0, 0], [0, 0, 0, 1]], dtype=float)
+    pre = build_preprocessing()
+    assert with_slice_thickness(pre, None) is pre
+    thick = with_slice_thickness(pre, 4.0)
+    out = thick({"image": ct_file(arr=arr, affine=aff)})
+    # the same scan re-acquired beforehand along its superior axis (array axis 0), then the plain chain
+    ref_arr = simulate_slice_thickness(arr.astype(np.float32), (1.0, 1.5, 1.5), 4.0, axis=0)
+    ref = pre({"image": ct_file(arr=ref_arr, affine=aff, name="ref.nii.gz")})
+    assert out["image"].shape == ref["image"].shape
+    np.testing.assert_allclose(out["image"].numpy(), ref["image"].numpy(), atol=1e-4)
+    plain = pre({"image": ct_file(arr=arr, affine=aff, name="plain.nii.gz")})
+    assert not np.allclose(out["image"].numpy(), plain["image"].numpy(), atol=1e-2)
+    assert len(pre.transforms) == len(thick.transforms) - 1  # the chain given is not changed
+    with pytest.raises(ValueError, match="thickness"):
+        with_slice_thickness(pre, -1.0)
+    from monai.transforms import Compose
+
+    with pytest.raises(ValueError, match="Orientationd"):
+        with_slice_thickness(Compose(pre.transforms[:1]), 4.0)

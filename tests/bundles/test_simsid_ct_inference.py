@@ -205,6 +205,24 @@ def test_calibrate_json_lung_depth_statistics(trained, synthetic_dataset, tmp_pa
     assert "normative_depth" in str(info.value.__cause__ or info.value)
 
 
+
+def test_calibrate_json_for_thick_slices_reslices_only_the_normals(trained, synthetic_dataset, tmp_path):
+    from monai_simsid.apps.inference import load_predictor
+
+    # the synthetic scans have 3 mm voxels: a normal reference for 9 mm slices
+    _infer(trained, tmp_path / "thin", config="calibrate.json", datalist=str(synthetic_dataset))
+    _infer(trained, tmp_path / "thick", config="calibrate.json", datalist=str(synthetic_dataset), calibration_thickness_mm=9)
+    thin = torch.load(str(tmp_path / "thin" / "model.pt"), weights_only=False)
+    thick = torch.load(str(tmp_path / "thick" / "model.pt"), weights_only=False)
+    assert thick["calibration"]["source"] == thin["calibration"]["source"] + ", re-sliced to 9 mm slices"
+    assert thick["meta"]["calibration_thickness_mm"] == 9 and thin["meta"]["calibration_thickness_mm"] is None
+    assert thick["meta"]["preprocessing"] == thin["meta"]["preprocessing"]  # the scans under test are not re-sliced
+    for key in ("scan_mean", "voxel_threshold"):  # the normal statistics are those of the re-sliced normals
+        assert thick["calibration"][key] != pytest.approx(thin["calibration"][key], rel=1e-4)
+    case = next(c for c in load_datalist(synthetic_dataset, "test") if c.get("label"))
+    a, b = load_predictor("simsid_ct", tmp_path / "thin" / "model.pt").predict(case), load_predictor("simsid_ct", tmp_path / "thick" / "model.pt").predict(case)
+    assert a.anomaly_map.shape == b.anomaly_map.shape and a.score != b.score
+
 def test_select_checkpoint_tool_scores_a_trained_checkpoint_on_injected_lesions(trained, synthetic_dataset, tmp_path, capsys):
     from conftest import load_tool
 
