@@ -29,7 +29,11 @@ Parts (each method runs on the same data, in the file's voxel grid reoriented to
   normal chest scan (``normal/chest_*``) and of lung2, and the sample AUROC (normals vs lung2). A method fitted on
   normal scans (``local_zscore``, ``descriptor_knn``, ``descriptor_knn_depth``) is fitted leave-one-out when scoring
   a normal scan, on all of them for lung2 and for the LIDC crops, and its map is divided by the 99.9th percentile of
-  its map over its own training normals, so that the scores of different fits share a scale.
+  its map over its own training normals, so that the scores of different fits share a scale. A model method with
+  ``{host}`` in its checkpoint path (one checkpoint per held-out normal) is scored fold by fold: each fold's
+  checkpoint scores its held-out normal and lung2, and lung2 is compared with that normal (the share of folds where
+  it scores higher, and the pooled sample AUROC), also with the bundle's own scan score and verdict. Such a method
+  has no checkpoint for the lung2 and lidc parts, which skip it.
 
 - **Transplanted nodules** (``transplant``, run only when asked for): whole-scan detection of small real nodules.
   Five LIDC nodules per diameter bin (a seeded draw) are each put into one normal chest scan, in turn, at a seeded
@@ -473,6 +477,15 @@ def _paths(data_dir: Path) -> dict[str, Any]:
     }
 
 
+def _lung2_regions(cache: dict, path: Path, image: np.ndarray, spacing: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """lung2's body mask and lung region, computed once per run."""
+    key = ("lung2_regions", str(path))
+    if key not in cache:
+        body = compute_body_mask(image, spacing)
+        cache[key] = (body, lung_region_mask(image, spacing, body=body))
+    return cache[key]
+
+
 def evaluate_lung2(
     data_dir: str | Path, method: str, ctx: BenchmarkContext | None = None, overview_dir: str | Path | None = None
 ) -> dict[str, Any]:
@@ -493,11 +506,7 @@ def evaluate_lung2(
         ctx = BenchmarkContext(data_dir, list(p["normals"]))
     image, affine, spacing = load_volume(p["lung2"])
     lesion = load_volume(p["lung2_mask"], dtype=np.float32)[0] > 0.5
-    cache_key = ("lung2_regions", str(p["lung2"]))
-    if cache_key not in ctx.cache:
-        body = compute_body_mask(image, spacing)
-        ctx.cache[cache_key] = (body, lung_region_mask(image, spacing, body=body))
-    body, lung = ctx.cache[cache_key]
+    body, lung = _lung2_regions(ctx.cache, p["lung2"], image, spacing)
     fn = resolve_method(method)(ctx)
     res, seconds = _run_map(fn, p["lung2"], image, affine, spacing)
     score = res.map
@@ -655,6 +664,8 @@ def evaluate_normals(
     data_dir = Path(data_dir)
     p = _paths(data_dir)
     cache = {} if cache is None else cache
+    if _per_fold(method):
+        return _evaluate_normals_per_fold(data_dir, method, cache)
     if lung2_score is None:
         lung2_score = evaluate_lung2(data_dir, method, BenchmarkContext(data_dir, list(p["normals"]), cache=cache))[
             "scan_score"
@@ -685,6 +696,48 @@ def evaluate_normals(
         "n_normals": len(valid),
         "n_lesion_scans": 1,
     }
+
+
+def _per_fold(method: str) -> bool:
+    """Whether a method has one fit per held-out normal scan (a model method with ``{host}`` in its path)."""
+    return method.startswith("model:") and "{host}" in method
+
+
+def _evaluate_normals_per_fold(data_dir: Path, method: str, cache: dict) -> dict[str, Any]:
+    """:func:`evaluate_normals` for a method with one checkpoint per held-out normal (``{host}``): in each fold the
+    held-out normal and lung2 are scored by the same checkpoint, and lung2 is compared with that normal. Also with the
+    method's own scan score and verdict where it has them."""
+    p = _paths(data_dir)
+    lung2_img, lung2_aff, lung2_sp = load_volume(p["lung2"])
+    lung2_region = _lung2_regions(cache, p["lung2"], lung2_img, lung2_sp)[1]
+    folds: dict[str, dict[str, Any]] = {}
+    for path in p["normals"]:
+        fn = resolve_method(method)(_held_out_context(data_dir, p["normals"], path, cache))
+        image, lung, spacing, affine = normal_scan(cache, path)
+        normal = _scan_scores(_run_map(fn, path, image, affine, spacing)[0], lung)
+        lung2 = _scan_scores(_run_map(fn, p["lung2"], lung2_img, lung2_aff, lung2_sp)[0], lung2_region)
+        folds[path.name] = {"normal": normal, "lung2": lung2}
+    out: dict[str, Any] = {
+        "method": method,
+        "per_fold": folds,
+        "normal_scores": {n: f["normal"]["scan_score"] for n, f in folds.items()},
+        "lung2_score": float(np.mean([f["lung2"]["scan_score"] for f in folds.values()])),
+        "n_normals": len(folds),
+        "n_lesion_scans": 1,
+    }
+    for prefix in ("", "own_"):
+        key = prefix + "scan_score"
+        if not folds or any(key not in f["normal"] for f in folds.values()):
+            continue
+        neg = [f["normal"][key] for f in folds.values()]
+        pos = [f["lung2"][key] for f in folds.values()]
+        auroc = compute_sample_auroc(np.array(neg + pos), np.array([0] * len(neg) + [1] * len(pos)))
+        out[prefix + "sample_auroc"] = auroc.value
+        out[prefix + "lung2_above_its_normal"] = float(np.mean([b > a for a, b in zip(neg, pos)]))
+    if folds and all("own_label" in f["lung2"] for f in folds.values()):
+        out["own_lung2_anomalous"] = int(sum(f["lung2"]["own_label"] == "anomalous" for f in folds.values()))
+        out["own_normals_anomalous"] = int(sum(f["normal"]["own_label"] == "anomalous" for f in folds.values()))
+    return out
 
 
 def _host_name(path: Path) -> str:
@@ -930,6 +983,16 @@ def run_benchmark(
         "transplant": {},
     }
     for m in methods:
+        if _per_fold(m):  # one checkpoint per held-out normal: only the parts that hold a normal out
+            if "lung2" in parts or "lidc" in parts:
+                print(f"note: {m} has one checkpoint per held-out normal; the lung2 and lidc parts are skipped", file=sys.stderr)
+            if "normals" in parts and p["normals"] and p["lung2"].is_file():
+                results["normals"][m] = evaluate_normals(data_dir, m, cache)
+            if "transplant" in parts and p["normals"] and (p["lidc"] / "image").is_dir():
+                results["transplant"][m] = evaluate_transplant(
+                    data_dir, m, cache, transplant_per_bin, thickness_mm=transplant_thickness_mm, site=transplant_site
+                )
+            continue
         lung2 = None
         if ("lung2" in parts or "normals" in parts) and p["lung2"].is_file():
             lung2 = evaluate_lung2(data_dir, m, BenchmarkContext(data_dir, list(p["normals"]), cache=cache), overview_dir)
@@ -1038,12 +1101,20 @@ def format_markdown(results: dict[str, Any]) -> str:
         lines += [
             "**Scan scores** (mean of the top 0.1% of the map inside the lung region; normals scored leave-one-out)",
             "",
-            "| method | " + " | ".join(short) + " | lung2 | sample AUROC |",
-            "| --- | " + " | ".join("---" for _ in names) + " | --- | --- |",
+            "| method | " + " | ".join(short) + " | lung2 | sample AUROC | lung2 above its fold's normal "
+            "| own score: sample AUROC / lung2 above its fold's normal / lung2 called anomalous |",
+            "| --- | " + " | ".join("---" for _ in names) + " | --- | --- | --- | --- |",
         ]
         for m, r in results["normals"].items():
             cells = " | ".join(_f(r["normal_scores"].get(n), 3) for n in names)
-            lines.append(f"| {m} | {cells} | {_f(r['lung2_score'])} | {_f(r['sample_auroc'], 2)} |")
+            own = "-"
+            if "own_sample_auroc" in r:
+                own = (f"{_f(r['own_sample_auroc'], 2)} / {_f(r['own_lung2_above_its_normal'], 2)} / "
+                       f"{r.get('own_lung2_anomalous', 'n/a')} of {r['n_normals']}")
+            lines.append(
+                f"| {m} | {cells} | {_f(r['lung2_score'])} | {_f(r.get('sample_auroc'), 2)} "
+                f"| {_f(r.get('lung2_above_its_normal'), 2)} | {own} |"
+            )
         lines.append("")
     return "\n".join(lines)
 

@@ -8,7 +8,17 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["calibrate_map", "calibrate_score", "compute_calibration", "voxel_statistics"]
+__all__ = [
+    "SLICE_RATIO",
+    "acquisition_check",
+    "calibrate_map",
+    "calibrate_score",
+    "compute_calibration",
+    "voxel_statistics",
+]
+
+#: a scan's slices count as thicker (or thinner) than the normal reference's beyond this ratio
+SLICE_RATIO = 1.5
 
 
 def voxel_statistics(voxel_samples: np.ndarray, voxel_fpr: float = 0.001) -> tuple[float, float, float]:
@@ -89,3 +99,42 @@ def calibrate_score(score: float, cal: Mapping[str, Any]) -> float:
     """Map a raw scan score to (0, 1) with 0.5 exactly at the normal-data scan threshold."""
     z = (score - cal["scan_threshold"]) / cal["scan_std"]
     return float(1.0 / (1.0 + np.exp(-np.clip(z, -50, 50))))
+
+
+def acquisition_check(input_spacing: Sequence[float], cal: Mapping[str, Any], ratio: float = SLICE_RATIO) -> dict[str, Any] | None:
+    """Whether a scan's slices match those of the normal scans its calibration came from.
+
+    Thick slices smear small structures and lower the map and the scan score, so a thick-slice scan judged against
+    thin-slice normals is scored less anomalous than it is (``docs/benchmarks.md``, "Thick slices and the normal
+    reference"). The slice of a scan is its largest voxel size; the reference's is the largest of its normal scans'
+    (``cal["normal_slice_mm"]``), or the thickness they were re-sliced to (``cal["slice_thickness_mm"]``).
+
+    Args:
+        input_spacing: the scan's voxel size in mm per axis.
+        cal: a calibration (see :func:`compute_calibration`).
+        ratio: how much thicker or thinner a scan's slices may be before a note is given.
+
+    Returns:
+        ``None`` for a calibration that does not record its normals' slices (made before they were recorded), else
+        ``{"slice_mm", "normal_slice_mm", "note"}``, where ``note`` is ``None`` when the slices match and otherwise
+        says what differs and what to do.
+    """
+    slices = cal.get("normal_slice_mm")
+    if not slices:
+        return None
+    resliced = cal.get("slice_thickness_mm")
+    normal = max(float(max(slices)), float(resliced or 0.0))
+    given = float(max(input_spacing))
+    note = None
+    if given > ratio * normal:
+        note = (
+            f"this scan's slices ({given:.3g} mm) are thicker than those of the normal scans of the calibration "
+            f"({normal:.3g} mm): its map and scan score run lower, so its score and findings are less sensitive. "
+            f"Re-calibrate with calibrate.json's calibration_thickness_mm {given:.3g} for scans like it."
+        )
+    elif resliced and given * ratio < normal:
+        note = (
+            f"the normal scans of the calibration were re-sliced to {normal:.3g} mm, and this scan's slices are thinner "
+            f"({given:.3g} mm): use a checkpoint calibrated on normal scans as thin as it."
+        )
+    return {"slice_mm": given, "normal_slice_mm": normal, "note": note}

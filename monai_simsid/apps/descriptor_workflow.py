@@ -284,17 +284,19 @@ def fit_descriptor_memory(
     knn.fit_scans(training_scans())
 
     rng = np.random.default_rng(seed)
-    scores, voxels = [], []
+    scores, voxels, slices = [], [], []
     for e in calib:
         scan = load_scan_region(e["image"], region, loader, e[EXCLUDE_KEY])
         raw = descriptor_map(knn, scan, search_mm)
         scores.append(region_scan_score(raw, scan.region, topk_fraction))
+        slices.append(float(max(scan.spacing)))
         vals = raw[scan.region]
         if vals.size > max_voxels_per_scan:
             vals = vals[rng.choice(vals.size, int(max_voxels_per_scan), replace=False)]
         voxels.append(vals)
     calibration = compute_calibration(scores, np.concatenate(voxels), fpr=fpr, voxel_fpr=voxel_fpr, source=source)
-    calibration.update({"topk_fraction": float(topk_fraction), "score_method": "topk"})
+    # the normals' largest voxel sizes, so that a report can say when a scan's slices are much thicker
+    calibration.update({"topk_fraction": float(topk_fraction), "score_method": "topk", "normal_slice_mm": slices})
     audit = _audit_training_scans(knn, train, region, loader, search_mm, calibration["voxel_threshold"], output_path)
     extra = {
         "bundle": bundle_name,

@@ -19,7 +19,7 @@ from monai.data import Dataset
 from monai.transforms import Compose
 from torch.utils.data import DataLoader
 
-from monai_simsid.apps.calibration import calibrate_map, calibrate_score
+from monai_simsid.apps.calibration import acquisition_check, calibrate_map, calibrate_score
 from monai_simsid.apps.fusion import DescriptorFusion
 from monai_simsid.apps.normative import (
     LungDepthNormativeMap,
@@ -390,6 +390,12 @@ class CalibratedMapPredictor:
             written.append(Path(path))
             return path
 
+        extra = {"raw_score": pred.raw_score, **self.report_extra()}
+        acquisition = acquisition_check(spacing_from_affine(pred.affine), self.calibration)
+        if acquisition is not None:
+            extra["acquisition"] = acquisition
+            if acquisition["note"]:
+                logger.warning("%s: %s", pred.case, acquisition["note"])
         try:
             save_nifti(pred.anomaly_map, pred.affine, _out(f"{stem}_anomaly_map.nii.gz"), dtype=np.float32)
             save_nifti(pred.mask, pred.affine, _out(f"{stem}_anomaly_mask.nii.gz"), dtype=np.uint8)
@@ -408,7 +414,7 @@ class CalibratedMapPredictor:
                 bundle_name=self.bundle_name,
                 bundle_version=self.bundle_version,
                 preprocessing=self.preprocessing_settings,
-                extra={"raw_score": pred.raw_score, **self.report_extra()},
+                extra=extra,
                 created=False,
             )
             if self.write_png and image_hu is not None:

@@ -28,6 +28,8 @@ from monai_simsid.apps.normative import (
 from monai_simsid.data.exclusion import item_exclusion
 from monai_simsid.inferers.anomaly import AnomalyInferer
 from monai_simsid.inferers.scoring import SCORE_METHODS, scan_score
+from monai_simsid.transforms.acquisition.array import check_thickness
+from monai_simsid.utils.geometry import spacing_from_affine
 
 __all__ = ["CalibrationHandler", "collect_normal_statistics"]
 
@@ -95,6 +97,13 @@ def collect_normal_statistics(
     return out
 
 
+def _original_slice_mm(item: Mapping[str, Any]) -> float | None:
+    """The largest voxel size (mm) of a preprocessed scan as its file stored it (``None`` when unknown)."""
+    meta = getattr(item.get("image"), "meta", None) or {}
+    affine = meta.get("original_affine")
+    return None if affine is None else float(np.max(spacing_from_affine(np.asarray(affine, dtype=float))))
+
+
 def _source(item: Mapping[str, Any]) -> Any:
     """What identifies a preprocessed scan: its source file (from the image's metadata), else the item itself."""
     meta = getattr(item.get("image"), "meta", None) or {}
@@ -142,6 +151,10 @@ class CalibrationHandler:
             (:class:`~monai_simsid.apps.descriptor_knn.DescriptorKNN`: ``scales_mm``, ``shape_scales_mm``, ``k``,
             ``bank_size``, ``seed``, ``hu_max``; default: its defaults) and ``crop_shape_scales_mm``, the shape widths of the memory
             that scores inputs without a lung envelope (see :class:`~monai_simsid.apps.fusion.DescriptorFusion`).
+        slice_thickness_mm: the thickness the normal scans were re-sliced to before they came here (``calibrate.json``'s
+            ``calibration_thickness_mm``), or ``None``. Recorded, with each normal scan's largest voxel size as stored
+            (``normal_slice_mm``), so that inference can say when a scan's slices do not match the normals' (see
+            :func:`~monai_simsid.apps.calibration.acquisition_check`).
     """
 
     def __init__(
@@ -164,6 +177,7 @@ class CalibrationHandler:
         descriptor_fusion: bool = False,
         bank_items: Sequence[Mapping[str, Any]] | None = None,
         descriptor_args: Mapping[str, Any] | None = None,
+        slice_thickness_mm: float | None = None,
     ) -> None:
         if score_method not in SCORE_METHODS:
             raise ValueError(f"score_method must be one of {SCORE_METHODS}, got {score_method!r}.")
@@ -204,6 +218,7 @@ class CalibrationHandler:
             raise ValueError(
                 f"descriptor_args: crop_shape_scales_mm {list(crop_widths)} must be among shape_scales_mm {list(widths)}."
             )
+        self.slice_thickness_mm = None if slice_thickness_mm is None else check_thickness(slice_thickness_mm, "slice_thickness_mm")
         self.calibration: dict[str, Any] | None = None
 
     def _fit_fusion(self, depths: list[np.ndarray], v_thr: float, v_scale: float) -> tuple[DescriptorFusion, list]:
@@ -299,6 +314,10 @@ class CalibrationHandler:
             chosen, voxels, windows, fpr=self.fpr, voxel_fpr=self.voxel_fpr, source=self.source
         )
         self.calibration.update({"topk_fraction": self.topk_fraction, "score_method": self.score_method, "score_norm": norm})
+        slices = [_original_slice_mm(i) for i in self.items]
+        if all(v is not None for v in slices):
+            self.calibration["normal_slice_mm"] = slices
+        self.calibration["slice_thickness_mm"] = self.slice_thickness_mm
         if normative is not None:
             self.calibration["normative"] = normative.to_dict()
         if fusion is not None:

@@ -67,6 +67,7 @@ def test_fit_writes_one_calibrated_file_and_records_its_normals(memory, chest_da
     cal = extra["calibration"]
     assert cal["source"] == "1 validation normal scan(s)" and cal["score_method"] == "topk"
     assert cal["voxel_scale"] > 0 and cal["scan_std"] > 0 and cal["voxel_threshold"] > cal["voxel_median"]
+    assert cal["normal_slice_mm"] == [pytest.approx(3.0)]  # the largest voxel size of the calibration normal
     # written atomically: no temporary left; the normal-set audit of the training scans beside the memory
     assert sorted(p.name for p in memory.parent.iterdir()) == ["memory.npz", "normal_audit.json"]
     assert len(extra["normal_audit"]) == 3 and all(e["leave_out"] for e in extra["normal_audit"])

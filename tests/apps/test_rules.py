@@ -360,3 +360,39 @@ def test_transplant_sample_level_pairs_each_case_with_its_host():
                                           {h: {"scan_score": v["scan_score"]} for h, v in hosts.items()})
     assert "own_sample_auroc" not in plain and "own_anomalous_rate" not in plain and plain["sample_auroc"] == pytest.approx(2 / 6)
     assert bench.transplant_sample_level([], hosts) == {"hosts": hosts}
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not SHARED_CT.is_dir(), reason=f"real CT data not found at {SHARED_CT}")
+def test_benchmark_normals_part_pairs_lung2_with_each_folds_held_out_normal(tmp_path, monkeypatch):
+    """A method with one checkpoint per held-out normal ('{host}') scores, in each fold, the held-out normal and lung2
+    with that fold's checkpoint, and compares them there (stand-in predictions: a constant map per fold and scan)."""
+    import nibabel as nib
+
+    import monai_simsid.apps.inference as inference
+
+    bench = _benchmark_module()
+    normals = sorted((SHARED_CT / "normal").glob("chest_*.nii.gz"))
+    hosts = [p.name.split(".")[0] for p in normals]
+    for h in hosts:
+        (tmp_path / f"F_{h}.pt").write_bytes(b"")
+    lung2_value = {hosts[0]: 0.6, hosts[1]: 0.6, hosts[2]: 0.1}  # lung2 above its fold's normal (0.3) in two folds
+    seen = []
+
+    def fake_predict(bundle, ckpt, path, **kw):
+        fold = Path(ckpt).stem[2:]
+        seen.append((fold, Path(path).name))
+        img = nib.load(str(path))
+        v = lung2_value[fold] if "lung2" in Path(path).name else 0.3
+        return inference.CasePrediction("c", np.full(img.shape, v, np.float32), np.zeros(img.shape, np.uint8), img.affine,
+                                        v, v, "anomalous" if v > 0.5 else "normal", [], {}, np.ones(img.shape, bool))
+
+    monkeypatch.setattr(inference, "predict_map", fake_predict)
+    res = bench.evaluate_normals(SHARED_CT, f"model:simsid_ct:{tmp_path}/F_{{host}}.pt")
+    # each fold scored its own held-out normal and lung2, nothing else
+    assert sorted(seen) == sorted([(h, p.name) for h, p in zip(hosts, normals)] + [(h, "lung2_ct.nii.gz") for h in hosts])
+    assert set(res["per_fold"]) == {p.name for p in normals}
+    assert res["normal_scores"] == {p.name: pytest.approx(0.3) for p in normals}
+    assert res["lung2_above_its_normal"] == pytest.approx(2 / 3) and res["own_lung2_above_its_normal"] == pytest.approx(2 / 3)
+    assert res["sample_auroc"] == pytest.approx(6 / 9) and res["own_lung2_anomalous"] == 2 and res["own_normals_anomalous"] == 0
+    assert "own_lung2_anomalous" in res and "2 of 3" in bench.format_markdown({"normals": {"m": res}})

@@ -215,13 +215,21 @@ def test_calibrate_json_for_thick_slices_reslices_only_the_normals(trained, synt
     thin = torch.load(str(tmp_path / "thin" / "model.pt"), weights_only=False)
     thick = torch.load(str(tmp_path / "thick" / "model.pt"), weights_only=False)
     assert thick["calibration"]["source"] == thin["calibration"]["source"] + ", re-sliced to 9 mm slices"
-    assert thick["meta"]["calibration_thickness_mm"] == 9 and thin["meta"]["calibration_thickness_mm"] is None
+    assert thick["calibration"]["slice_thickness_mm"] == 9 and thin["calibration"]["slice_thickness_mm"] is None
+    assert thin["calibration"]["normal_slice_mm"] == thick["calibration"]["normal_slice_mm"] == pytest.approx([3.0] * len(thin["calibration"]["normal_slice_mm"]))
     assert thick["meta"]["preprocessing"] == thin["meta"]["preprocessing"]  # the scans under test are not re-sliced
     for key in ("scan_mean", "voxel_threshold"):  # the normal statistics are those of the re-sliced normals
         assert thick["calibration"][key] != pytest.approx(thin["calibration"][key], rel=1e-4)
     case = next(c for c in load_datalist(synthetic_dataset, "test") if c.get("label"))
-    a, b = load_predictor("simsid_ct", tmp_path / "thin" / "model.pt").predict(case), load_predictor("simsid_ct", tmp_path / "thick" / "model.pt").predict(case)
+    thin_p, thick_p = load_predictor("simsid_ct", tmp_path / "thin" / "model.pt"), load_predictor("simsid_ct", tmp_path / "thick" / "model.pt")
+    a, b = thin_p.predict(case), thick_p.predict(case)
     assert a.anomaly_map.shape == b.anomaly_map.shape and a.score != b.score
+    # each report says whether the scan's slices match the normal reference's: a 3 mm scan against normals re-sliced
+    # to 9 mm does not
+    reports = [json.loads(next(p.write(r, tmp_path / name).glob("*_report.json")).read_text())
+               for p, r, name in ((thin_p, a, "out_thin"), (thick_p, b, "out_thick"))]
+    assert reports[0]["acquisition"] == {"slice_mm": pytest.approx(3.0), "normal_slice_mm": pytest.approx(3.0), "note": None}
+    assert reports[1]["acquisition"]["normal_slice_mm"] == 9 and "re-sliced to 9 mm" in reports[1]["acquisition"]["note"]
 
 def test_select_checkpoint_tool_scores_a_trained_checkpoint_on_injected_lesions(trained, synthetic_dataset, tmp_path, capsys):
     from conftest import load_tool
