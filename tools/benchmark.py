@@ -920,7 +920,8 @@ def transplant_sample_level(records: Sequence[dict[str, Any]], hosts: Mapping[st
     benchmark's scan score (``""``) and, where the method has one, its own (``"own_"``): the share of cases scored
     above their host (``above_host_rate``; overall and for nodules of 10 mm and more) and the sample AUROC of the
     hosts (negatives) against all the cases (positives), pooled over the folds. For a method with its own verdict,
-    also the share of cases and of hosts it calls anomalous.
+    also the share of cases and of hosts it calls anomalous, and ``[called anomalous, cases]`` among the cases whose
+    host it calls normal (``own_anomalous_in_normal_hosts``).
 
     Args:
         records: the per-case records of :func:`evaluate_transplant` (``host``, ``diameter_mm``, ``scan_score`` and
@@ -944,6 +945,10 @@ def transplant_sample_level(records: Sequence[dict[str, Any]], hosts: Mapping[st
     if "own_label" in records[0]:
         out["own_anomalous_rate"] = float(np.mean([r["own_label"] == "anomalous" for r in records]))
         out["own_hosts_anomalous"] = int(sum(h.get("own_label") == "anomalous" for h in hosts.values()))
+        # a host called anomalous by itself (e.g. a lesion of its own) says nothing about its nodule: the cases
+        # whose host is called normal
+        clean = [r for r in records if hosts[r["host"]].get("own_label") == "normal"]
+        out["own_anomalous_in_normal_hosts"] = [int(sum(r["own_label"] == "anomalous" for r in clean)), len(clean)]
     return out
 
 
@@ -1082,17 +1087,18 @@ def format_markdown(results: dict[str, Any]) -> str:
             "where it has one; sample AUROC = the hosts against all the cases)",
             "",
             "| method | case above its host (all / >= 10 mm) | sample AUROC | own score: above its host (all / >= 10 mm) "
-            "| own sample AUROC | cases called anomalous | hosts called anomalous |",
-            "| --- | --- | --- | --- | --- | --- | --- |",
+            "| own sample AUROC | cases called anomalous | hosts called anomalous | cases called anomalous, host called normal |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for m, r in results["transplant"].items():
             s = r.get("sample", {})
             own_hosts = f"{s['own_hosts_anomalous']} of {len(s['hosts'])}" if "own_hosts_anomalous" in s else "-"
+            in_normal = "{} of {}".format(*s["own_anomalous_in_normal_hosts"]) if "own_anomalous_in_normal_hosts" in s else "-"
             lines.append(
                 f"| {m} | {_f(s.get('above_host_rate'), 2)} / {_f(s.get('above_host_rate_10mm'), 2)} "
                 f"| {_f(s.get('sample_auroc'), 2)} | {_f(s.get('own_above_host_rate'), 2)} / "
                 f"{_f(s.get('own_above_host_rate_10mm'), 2)} | {_f(s.get('own_sample_auroc'), 2)} "
-                f"| {_f(s.get('own_anomalous_rate'), 2)} | {own_hosts} |"
+                f"| {_f(s.get('own_anomalous_rate'), 2)} | {own_hosts} | {in_normal} |"
             )
         lines.append("")
     if results.get("normals"):

@@ -355,6 +355,10 @@ def test_transplant_sample_level_pairs_each_case_with_its_host():
     assert out["own_above_host_rate"] == pytest.approx(2 / 3) and out["own_above_host_rate_10mm"] == 1.0
     assert out["own_sample_auroc"] == pytest.approx(4 / 6)
     assert out["own_anomalous_rate"] == pytest.approx(2 / 3) and out["own_hosts_anomalous"] == 1
+    assert out["own_anomalous_in_normal_hosts"] == [1, 2]  # host a is called normal: one of its two cases is not
+    assert "| 1 of 2 |" in bench.format_markdown({"transplant": {"m": {
+        "n_cases": 3, "mean_lung_auroc": 0.9, "mean_lung_ap": 0.1, "detection_rate": 0.0, "seconds_per_scan": 1.0,
+        "detection_by_diameter": {b[0]: {"rate": None, "n": 0} for b in bench.DIAMETER_BINS}, "sample": out}}})
     # a method without its own score gets the benchmark's figures only
     plain = bench.transplant_sample_level([{k: r[k] for k in ("host", "diameter_mm", "scan_score")} for r in records],
                                           {h: {"scan_score": v["scan_score"]} for h, v in hosts.items()})
