@@ -155,6 +155,10 @@ def test_real_ct_lung2_is_anomalous_and_its_first_finding_is_the_tumour(tmp_path
          output_dir=str(out), write_png=False, num_workers=0)  # fmt: skip
     report = json.loads((out / "lung2_ct" / "lung2_ct_report.json").read_text())
     assert report["label"] == "anomalous" and report["score"] > 0.5
+    # lung2's 5 mm slices against normals of 2.5 mm at most: the report says so
+    acquisition = report["acquisition"]
+    assert acquisition["slice_mm"] == pytest.approx(5.0) and acquisition["normal_slice_mm"] == pytest.approx(2.5)
+    assert "thicker" in acquisition["note"]
     tumour = np.asarray(nib.load(str(SHARED_CT / "lesion" / "lung2_lesion.nii.gz")).dataobj) > 0
     mask = np.asarray(nib.load(str(out / "lung2_ct" / "lung2_ct_anomaly_mask.nii.gz")).dataobj)
     first = report["findings"][0]
