@@ -698,6 +698,12 @@ def evaluate_normals(
     }
 
 
+def _pooled_auroc(normal: Sequence[float], lesion: Sequence[float]) -> float | None:
+    """Sample AUROC of normal scans' scores (negatives) against lesion scans' (positives); ``None`` if undefined."""
+    labels = np.array([0] * len(normal) + [1] * len(lesion))
+    return compute_sample_auroc(np.array(list(normal) + list(lesion), dtype=float), labels).value
+
+
 def _per_fold(method: str) -> bool:
     """Whether a method has one fit per held-out normal scan (a model method with ``{host}`` in its path)."""
     return method.startswith("model:") and "{host}" in method
@@ -731,8 +737,7 @@ def _evaluate_normals_per_fold(data_dir: Path, method: str, cache: dict) -> dict
             continue
         neg = [f["normal"][key] for f in folds.values()]
         pos = [f["lung2"][key] for f in folds.values()]
-        auroc = compute_sample_auroc(np.array(neg + pos), np.array([0] * len(neg) + [1] * len(pos)))
-        out[prefix + "sample_auroc"] = auroc.value
+        out[prefix + "sample_auroc"] = _pooled_auroc(neg, pos)
         out[prefix + "lung2_above_its_normal"] = float(np.mean([b > a for a, b in zip(neg, pos)]))
     if folds and all("own_label" in f["lung2"] for f in folds.values()):
         out["own_lung2_anomalous"] = int(sum(f["lung2"]["own_label"] == "anomalous" for f in folds.values()))
@@ -937,11 +942,9 @@ def transplant_sample_level(records: Sequence[dict[str, Any]], hosts: Mapping[st
             continue
         above = [r[key] > hosts[r["host"]][key] for r in records]
         large = [a for a, r in zip(above, records) if r["diameter_mm"] >= 10.0]
-        neg = [h[key] for h in hosts.values()]
-        auroc = compute_sample_auroc(np.array(neg + [r[key] for r in records]), np.array([0] * len(neg) + [1] * len(records)))
         out[prefix + "above_host_rate"] = float(np.mean(above))
         out[prefix + "above_host_rate_10mm"] = float(np.mean(large)) if large else None
-        out[prefix + "sample_auroc"] = auroc.value
+        out[prefix + "sample_auroc"] = _pooled_auroc([h[key] for h in hosts.values()], [r[key] for r in records])
     if "own_label" in records[0]:
         out["own_anomalous_rate"] = float(np.mean([r["own_label"] == "anomalous" for r in records]))
         out["own_hosts_anomalous"] = int(sum(h.get("own_label") == "anomalous" for h in hosts.values()))
@@ -988,26 +991,20 @@ def run_benchmark(
         "transplant": {},
     }
     for m in methods:
-        if _per_fold(m):  # one checkpoint per held-out normal: only the parts that hold a normal out
-            if "lung2" in parts or "lidc" in parts:
-                print(f"note: {m} has one checkpoint per held-out normal; the lung2 and lidc parts are skipped", file=sys.stderr)
-            if "normals" in parts and p["normals"] and p["lung2"].is_file():
-                results["normals"][m] = evaluate_normals(data_dir, m, cache)
-            if "transplant" in parts and p["normals"] and (p["lidc"] / "image").is_dir():
-                results["transplant"][m] = evaluate_transplant(
-                    data_dir, m, cache, transplant_per_bin, thickness_mm=transplant_thickness_mm, site=transplant_site
-                )
-            continue
+        # one checkpoint per held-out normal: only the parts that hold a normal out (lung2 is scored in each fold)
+        per_fold = _per_fold(m)
+        if per_fold and ("lung2" in parts or "lidc" in parts):
+            print(f"note: {m} has one checkpoint per held-out normal; the lung2 and lidc parts are skipped", file=sys.stderr)
         lung2 = None
-        if ("lung2" in parts or "normals" in parts) and p["lung2"].is_file():
+        if not per_fold and ("lung2" in parts or "normals" in parts) and p["lung2"].is_file():
             lung2 = evaluate_lung2(data_dir, m, BenchmarkContext(data_dir, list(p["normals"]), cache=cache), overview_dir)
             if "lung2" in parts:
                 results["lung2"][m] = lung2
-        if "lidc" in parts and (p["lidc"] / "image").is_dir():
+        if not per_fold and "lidc" in parts and (p["lidc"] / "image").is_dir():
             ctx = BenchmarkContext(data_dir, list(p["normals"]), region="crop", cache=cache)
             results["lidc"][m] = evaluate_lidc(data_dir, m, ctx, lidc_limit)
-        if "normals" in parts and p["normals"] and lung2 is not None:
-            results["normals"][m] = evaluate_normals(data_dir, m, cache, lung2["scan_score"], overview_dir)
+        if "normals" in parts and p["normals"] and (lung2 is not None or (per_fold and p["lung2"].is_file())):
+            results["normals"][m] = evaluate_normals(data_dir, m, cache, None if lung2 is None else lung2["scan_score"], overview_dir)
         if "transplant" in parts and p["normals"] and (p["lidc"] / "image").is_dir():
             results["transplant"][m] = evaluate_transplant(
                 data_dir, m, cache, transplant_per_bin, thickness_mm=transplant_thickness_mm, site=transplant_site
