@@ -105,6 +105,7 @@ from monai_simsid.apps.calibration import voxel_statistics
 from monai_simsid.apps.descriptor_knn import DescriptorKNN
 from monai_simsid.export.report import to_jsonable
 from monai_simsid.metrics import compute_best_dice, compute_sample_auroc, compute_voxel_ap, compute_voxel_auroc
+from monai_simsid.transforms.acquisition.array import simulate_slice_thickness
 from monai_simsid.transforms.body.array import compute_body_mask
 
 __all__ = [
@@ -781,7 +782,6 @@ def transplant_cases(
         one dict per case: ``name``, ``host`` (path), ``image`` (path), ``lesion`` (bool array), ``diameter_mm``.
     """
     from monai_simsid.data.lesions import lesion_sites, transplant_lesion
-    from monai_simsid.transforms.acquisition.array import simulate_slice_thickness
 
     if site not in TRANSPLANT_SITES:
         raise ValueError(f"site must be one of {TRANSPLANT_SITES}, got {site!r}.")
@@ -906,8 +906,6 @@ def _scan_scores(res: MapOutput, lung: np.ndarray) -> dict[str, Any]:
 def _clean_host_scores(fn: MapFn, host: Path, cache: dict, thickness_mm: float | None) -> dict[str, Any]:
     """:func:`_scan_scores` of a transplant part's host scan without a nodule, acquired like its cases (re-sliced
     when they are), scored by the same held-out fit as its cases."""
-    from monai_simsid.transforms.acquisition.array import simulate_slice_thickness
-
     img, lung, sp, aff = normal_scan(cache, host)
     if not thickness_mm:
         return _scan_scores(_run_map(fn, host, img, aff, sp)[0], lung)
