@@ -7,6 +7,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from monai.inferers import Inferer, sliding_window_inference
 
 from monai_simsid.transforms.body.array import body_bbox, region_index
@@ -49,6 +50,13 @@ class AnomalyInferer(Inferer):
         amp: run the network under CUDA mixed precision (``torch.autocast``, float16) when the windows are on a CUDA
             device; ignored on CPU. The outputs are cast back to float32 before stitching, so blending and the map
             stay in full precision.
+        margin: voxels added on each side of the scan (one int, or one per axis) before the windows are laid out,
+            and cropped off the maps afterwards. Without it a voxel on the scan's border is seen only by the rims of
+            the windows that touch the border, where convolutions read zero padding, and the Gaussian blending has
+            no window centre to weigh against them: a tissue cut by the field of view then scores high. The margin
+            is filled by mirroring the scan (``margin_mode``).
+        margin_mode: ``"reflect"`` (default; falls back to ``"replicate"`` on an axis too short to mirror) or
+            ``"replicate"``.
     """
 
     def __init__(
@@ -62,10 +70,17 @@ class AnomalyInferer(Inferer):
         device: torch.device | str | None = None,
         progress: bool = False,
         amp: bool = False,
+        margin: int | Sequence[int] = 0,
+        margin_mode: str = "reflect",
     ) -> None:
         super().__init__()
         if not 0 <= overlap < 1:
             raise ValueError(f"overlap must be in [0, 1), got {overlap}.")
+        margins = [int(margin)] * len(roi_size) if isinstance(margin, (int, np.integer)) else [int(m) for m in margin]
+        if len(margins) != len(roi_size) or any(m < 0 for m in margins):
+            raise ValueError(f"margin must be one non-negative int or one per axis of roi_size, got {margin}.")
+        if margin_mode not in ("reflect", "replicate"):
+            raise ValueError(f"margin_mode must be 'reflect' or 'replicate', got {margin_mode!r}.")
         if sw_batch_size < 1:
             raise ValueError(f"sw_batch_size must be >= 1, got {sw_batch_size}.")
         self.roi_size = tuple(int(r) for r in roi_size)
@@ -77,6 +92,8 @@ class AnomalyInferer(Inferer):
         self.device = device
         self.progress = progress
         self.amp = bool(amp)
+        self.margin = tuple(margins)
+        self.margin_mode = margin_mode
 
     def __call__(  # type: ignore[override]
         self,
@@ -98,9 +115,11 @@ class AnomalyInferer(Inferer):
             boxes = [(np.zeros(len(self.roi_size), int), np.asarray(inputs.shape[2:]))] * inputs.shape[0]
         else:
             boxes = [body_bbox(b[0] > 0.5) for b in body]
+        spatial = tuple(inputs.shape[2:])
+        inputs = self._add_margin(inputs)
         # the window can be larger than the scan: sliding_window_inference pads, so the coordinates refer to the
-        # padded scan; shift the boxes by the same symmetric padding
-        pad = [max(r - s, 0) // 2 for r, s in zip(self.roi_size, inputs.shape[2:])]
+        # padded scan; shift the boxes by the same symmetric padding, and by the margin
+        pad = [max(r - s, 0) // 2 + m for r, s, m in zip(self.roi_size, inputs.shape[2:], self.margin)]
 
         def predictor(windows: torch.Tensor, coords: list) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
             regions = []
@@ -130,7 +149,22 @@ class AnomalyInferer(Inferer):
                 progress=self.progress,
                 with_coord=True,
             )
+        crop = (slice(None), slice(None), *(slice(m, m + n) for m, n in zip(self.margin, spatial)))
         if not score_map:
-            return AnomalyInferenceResult(stitched, None)  # type: ignore[arg-type]
+            return AnomalyInferenceResult(stitched[crop], None)  # type: ignore[arg-type]
         amap, smap = stitched
-        return AnomalyInferenceResult(amap, smap)
+        return AnomalyInferenceResult(amap[crop], smap[crop])
+
+    def _add_margin(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Pad ``inputs`` by ``margin`` voxels on each side of each axis (mirrored, or replicated where too short)."""
+        if not any(self.margin):
+            return inputs
+        for axis, m in enumerate(self.margin):
+            if m == 0:
+                continue
+            mode = self.margin_mode if inputs.shape[2 + axis] > m else "replicate"
+            pads = [0, 0] * len(self.margin)
+            k = 2 * (len(self.margin) - 1 - axis)  # F.pad lists the last axis first
+            pads[k : k + 2] = [m, m]
+            inputs = F.pad(inputs, pads, mode=mode)
+        return inputs
