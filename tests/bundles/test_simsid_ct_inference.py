@@ -232,19 +232,25 @@ def test_calibrate_json_for_thick_slices_reslices_only_the_normals(trained, synt
     assert reports[1]["acquisition"]["normal_slice_mm"] == 9 and "re-sliced to 9 mm" in reports[1]["acquisition"]["note"]
 
 def test_the_window_margin_travels_with_the_checkpoint(trained, synthetic_dataset, tmp_path):
+    from monai.bundle import ConfigParser
+
     from monai_simsid.apps.inference import load_predictor
 
     ckpt = torch.load(str(trained), weights_only=False)
-    assert ckpt["meta"]["sw_margin"] == [r // 8 for r in TRAIN["roi_size"]]  # train.json's default: 1/8 of the window
-    assert load_predictor("simsid_ct", trained).inferer.margin == tuple(ckpt["meta"]["sw_margin"])
+    assert ckpt["meta"]["sw_margin"] == 0  # the CPU preset: no margin
+    assert load_predictor("simsid_ct", trained).inferer.margin == (0, 0, 0)
     # a checkpoint calibrated before the margin existed keeps its maps (and thresholds): no margin
     old = dict(ckpt, meta={k: v for k, v in ckpt["meta"].items() if k != "sw_margin"})
     torch.save(old, str(tmp_path / "old.pt"))
     assert load_predictor("simsid_ct", tmp_path / "old.pt").inferer.margin == (0, 0, 0)
-    # re-calibrating with another margin records it, and inference then uses it
+    # re-calibrating with a margin records it, and inference then uses it
     _infer(tmp_path / "old.pt", tmp_path / "m2", config="calibrate.json", datalist=str(synthetic_dataset), sw_margin=2)
     assert torch.load(str(tmp_path / "m2" / "model.pt"), weights_only=False)["meta"]["sw_margin"] == 2
     assert load_predictor("simsid_ct", tmp_path / "m2" / "model.pt").inferer.margin == (2, 2, 2)
+    # the GPU preset trains and calibrates with an eighth of its 96-voxel window as margin
+    parser = ConfigParser()
+    parser.read_config([bundle_config("simsid_ct", "train.json"), bundle_config("simsid_ct", "gpu.json")])
+    assert parser.get_parsed_content("inferer#margin") == [r // 8 for r in parser.get_parsed_content("roi_size")]
 
 
 def test_select_checkpoint_tool_scores_a_trained_checkpoint_on_injected_lesions(trained, synthetic_dataset, tmp_path, capsys):
