@@ -231,22 +231,26 @@ def test_calibrate_json_for_thick_slices_reslices_only_the_normals(trained, synt
     assert reports[0]["acquisition"] == {"slice_mm": pytest.approx(3.0), "normal_slice_mm": pytest.approx(3.0), "note": None}
     assert reports[1]["acquisition"]["normal_slice_mm"] == 9 and "re-sliced to 9 mm" in reports[1]["acquisition"]["note"]
 
-def test_the_window_margin_travels_with_the_checkpoint(trained, synthetic_dataset, tmp_path):
+def test_the_window_margin_and_overlap_travel_with_the_checkpoint(trained, synthetic_dataset, tmp_path):
     from monai.bundle import ConfigParser
 
     from monai_simsid.apps.inference import load_predictor
 
     ckpt = torch.load(str(trained), weights_only=False)
-    assert ckpt["meta"]["sw_margin"] == 0  # the CPU preset: no margin
-    assert load_predictor("simsid_ct", trained).inferer.margin == (0, 0, 0)
-    # a checkpoint calibrated before the margin existed keeps its maps (and thresholds): no margin
-    old = dict(ckpt, meta={k: v for k, v in ckpt["meta"].items() if k != "sw_margin"})
+    assert ckpt["meta"]["sw_margin"] == 0 and ckpt["meta"]["sw_overlap"] == 0.25  # the CPU preset: no margin
+    inferer = load_predictor("simsid_ct", trained).inferer
+    assert inferer.margin == (0, 0, 0) and inferer.overlap == 0.25
+    # a checkpoint calibrated before these were stored keeps its maps (and thresholds): no margin, overlap 0.25
+    old = dict(ckpt, meta={k: v for k, v in ckpt["meta"].items() if k not in ("sw_margin", "sw_overlap")})
     torch.save(old, str(tmp_path / "old.pt"))
-    assert load_predictor("simsid_ct", tmp_path / "old.pt").inferer.margin == (0, 0, 0)
-    # re-calibrating with a margin records it, and inference then uses it
-    _infer(tmp_path / "old.pt", tmp_path / "m2", config="calibrate.json", datalist=str(synthetic_dataset), sw_margin=2)
-    assert torch.load(str(tmp_path / "m2" / "model.pt"), weights_only=False)["meta"]["sw_margin"] == 2
-    assert load_predictor("simsid_ct", tmp_path / "m2" / "model.pt").inferer.margin == (2, 2, 2)
+    inferer = load_predictor("simsid_ct", tmp_path / "old.pt").inferer
+    assert inferer.margin == (0, 0, 0) and inferer.overlap == 0.25
+    # re-calibrating with others records them, and inference then uses them
+    _infer(tmp_path / "old.pt", tmp_path / "m2", config="calibrate.json", datalist=str(synthetic_dataset), sw_margin=2, overlap=0.5)
+    meta = torch.load(str(tmp_path / "m2" / "model.pt"), weights_only=False)["meta"]
+    assert meta["sw_margin"] == 2 and meta["sw_overlap"] == 0.5
+    inferer = load_predictor("simsid_ct", tmp_path / "m2" / "model.pt").inferer
+    assert inferer.margin == (2, 2, 2) and inferer.overlap == 0.5
     # the GPU preset trains and calibrates with an eighth of its 96-voxel window as margin
     parser = ConfigParser()
     parser.read_config([bundle_config("simsid_ct", "train.json"), bundle_config("simsid_ct", "gpu.json")])
