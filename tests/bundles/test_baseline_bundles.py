@@ -66,6 +66,13 @@ def test_two_iterations_write_a_calibrated_checkpoint(bundle, trained):
     assert cal["voxel_scale"] > 0 and cal["scan_std"] > 0 and "validation normal" in cal["source"]
     assert any(k.startswith(MODEL_KEY[bundle]) for k in ckpt["network"])
     assert list(path.parent.glob("checkpoint_*.pt"))
+    # the window layout the thresholds were calibrated with travels with them, and inference uses it
+    defaults = ConfigWorkflow(config_file=bundle_config(bundle, "train.json"), workflow_type="train").parser
+    assert meta["sw_overlap"] == defaults["sw_overlap"] and meta["sw_margin"] == 0
+    from monai_simsid.apps.inference import load_predictor
+
+    inferer = load_predictor(bundle, path).inferer
+    assert inferer.overlap == meta["sw_overlap"] and inferer.margin == (0, 0, 0)
     if bundle == "ganomaly_ct":
         assert meta["model_config"]["roi_size"] == [32, 32, 32]
 
@@ -125,9 +132,8 @@ def test_cutpaste_wires_regeneration_density_and_overlap(synthetic_dataset, tmp_
     assert set(labels.tolist()) <= {0, 1, 2}
     # defaults: 64^3 windows, and enough overlap at inference for a smooth map
     defaults = ConfigWorkflow(config_file=bundle_config("cutpaste_ct", "train.json"), workflow_type="train").parser
-    assert defaults["roi_size"] == [64, 64, 64] and defaults["inferer"]["overlap"] >= 0.5
-    inf = ConfigWorkflow(config_file=bundle_config("cutpaste_ct", "inference.json"), workflow_type="infer").parser
-    assert inf["overlap"] >= 0.5
+    assert defaults["roi_size"] == [64, 64, 64] and defaults["sw_overlap"] >= 0.5
+    assert defaults["inferer"]["overlap"] == "@sw_overlap"  # inference reads it back from the checkpoint
 
 
 @pytest.mark.parametrize("freeze", [False, True])
