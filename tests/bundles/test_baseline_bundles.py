@@ -15,6 +15,7 @@ import torch
 from monai.bundle import ConfigWorkflow
 
 from conftest import bundle_config
+from monai_simsid.apps.inference import load_predictor
 from monai_simsid.data.datalist import load_datalist
 
 BUNDLES = ("autoencoder_ct", "cutpaste_ct", "ganomaly_ct")
@@ -69,8 +70,6 @@ def test_two_iterations_write_a_calibrated_checkpoint(bundle, trained):
     # the window layout the thresholds were calibrated with travels with them, and inference uses it
     defaults = ConfigWorkflow(config_file=bundle_config(bundle, "train.json"), workflow_type="train").parser
     assert meta["sw_overlap"] == defaults["sw_overlap"] and meta["sw_margin"] == 0
-    from monai_simsid.apps.inference import load_predictor
-
     inferer = load_predictor(bundle, path).inferer
     assert inferer.overlap == meta["sw_overlap"] and inferer.margin == (0, 0, 0)
     if bundle == "ganomaly_ct":

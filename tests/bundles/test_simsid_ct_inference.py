@@ -231,6 +231,7 @@ def test_calibrate_json_for_thick_slices_reslices_only_the_normals(trained, synt
     assert reports[0]["acquisition"] == {"slice_mm": pytest.approx(3.0), "normal_slice_mm": pytest.approx(3.0), "note": None}
     assert reports[1]["acquisition"]["normal_slice_mm"] == 9 and "re-sliced to 9 mm" in reports[1]["acquisition"]["note"]
 
+
 def test_the_window_margin_and_overlap_travel_with_the_checkpoint(trained, synthetic_dataset, tmp_path):
     from monai.bundle import ConfigParser
 

@@ -62,15 +62,26 @@ class _RimNet(torch.nn.Module):
         return _Out(amap, region.float())
 
 
+def _faces(m: torch.Tensor) -> torch.Tensor:
+    """The values on the six faces of a ``(B, C, X, Y, Z)`` volume."""
+    return torch.cat([m[..., 0, :, :].flatten(), m[..., -1, :, :].flatten(), m[..., :, 0, :].flatten(),
+                      m[..., :, -1, :].flatten(), m[..., 0].flatten(), m[..., -1].flatten()])
+
+
 def test_margin_keeps_window_rims_off_the_scan_border():
     x = torch.randn(1, 1, 40, 36, 30)
     plain = AnomalyInferer((16, 16, 16), sw_batch_size=4)(x, _RimNet()).anomaly_map
     padded = AnomalyInferer((16, 16, 16), sw_batch_size=4, margin=4)(x, _RimNet()).anomaly_map
     assert padded.shape == plain.shape == (1, 1, 40, 36, 30)
-    faces = lambda m: torch.cat([m[..., 0, :, :].flatten(), m[..., -1, :, :].flatten(), m[..., :, 0, :].flatten(),
-                                 m[..., :, -1, :].flatten(), m[..., 0].flatten(), m[..., -1].flatten()])
-    assert faces(plain).min() > 0.99  # only window rims cover the scan's border
-    assert faces(padded).mean() < 0.2  # now window interiors do (seams still cross the faces, as inside the scan)
+    assert _faces(plain).min() > 0.99  # only window rims cover the scan's border
+    assert _faces(padded).mean() < 0.2  # now window interiors do (seams still cross the faces, as inside the scan)
+
+
+def test_margin_replicates_an_axis_too_short_to_mirror():
+    x = torch.randn(1, 1, 40, 36, 3)
+    net = _RecordingNet()
+    out = AnomalyInferer((16, 16, 16), sw_batch_size=4, margin=4)(x, net).anomaly_map
+    torch.testing.assert_close(out, x ** 2)  # a voxel-wise map comes back unchanged, margin cut off
 
 
 def test_margin_shifts_the_region_frame_with_the_scan():
