@@ -8,7 +8,9 @@ out_channels=1)`` with the same encoder widths and strides slid over (one channe
 the same roi, overlap and ``sw_batch_size``. When the model takes several input channels (HU windows),
 ``ratio_vs_reference_same_channels`` divides by the same reference built with the model's ``in_channels`` (fed all
 channels): the like-for-like comparison for a multi-channel model. Weights are random unless ``--ckpt`` is given
-(speed does not depend on them); the model config is the bundle's ``train.json`` default (or the checkpoint's).
+(speed does not depend on them); the model config is the bundle's ``train.json`` default. A checkpoint runs through
+the bundle's own ``inference.json`` predictor, as ``monai.bundle run`` would run it (its calibration with the
+descriptor fusion, HU windows, window margin and overlap), so its figures are what a user waits for.
 
     python tools/bench_speed.py --shapes 256x256x128,512x512x300 [--ckpt model.pt] [--device cpu]
         [--model_overrides '{"up_mode": "deconv", "out_kernel_size": 3}'] [--preset gpu] [--amp]
@@ -145,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="model config of random weights: the bundle's CPU default or its gpu.json preset")
     p.add_argument("--amp", action="store_true", help="CUDA mixed precision for the model stage (AnomalyInferer amp)")
     p.add_argument("--sw_batch_size", type=int, default=None, help="windows per pass (default: the preset's)")
-    p.add_argument("--overlap", type=float, default=0.25)
+    p.add_argument("--overlap", type=float, default=None,
+                   help="window overlap (default: the checkpoint's, or 0.25 for random weights)")
     p.add_argument("--model_overrides", default=None, help="JSON object of model_config keys to replace")
     p.add_argument("--repeats", type=int, default=1, help="runs of the model stage and the reference (best of N)")
     args = p.parse_args(argv)
@@ -171,14 +174,26 @@ def main(argv: list[str] | None = None) -> int:
     from monai_simsid.inferers import AnomalyInferer
 
     net, cal, cfg, pre = _network_and_calibration(args.ckpt, overrides, args.preset)
-    inferer = AnomalyInferer(cfg["roi_size"], cfg["region_grid"], sw_batch_size=args.sw_batch_size, overlap=args.overlap,
-                             sw_device=args.device, device="cpu", amp=args.amp)
+    if args.ckpt:
+        # a trained checkpoint runs as the bundle runs it: inference.json's predictor (its calibration, descriptor
+        # fusion, HU windows, window margin and overlap all from the checkpoint), so the figures are the user's
+        from monai_simsid.apps.inference import load_predictor
+
+        settings = {"sw_batch_size": args.sw_batch_size, "amp": args.amp, "write_png": False, "sw_device": args.device}
+        if args.overlap is not None:
+            settings["overlap"] = args.overlap
+        predictor = load_predictor("simsid_ct", args.ckpt, device=args.device, **settings)
+        args.overlap = float(predictor.inferer.overlap)
+    else:
+        args.overlap = 0.25 if args.overlap is None else args.overlap
+        inferer = AnomalyInferer(cfg["roi_size"], cfg["region_grid"], sw_batch_size=args.sw_batch_size,
+                                 overlap=args.overlap, sw_device=args.device, device="cpu", amp=args.amp)
+        predictor = AnomalyPredictor(net, inferer, build_preprocessing(**pre), cal, "simsid_ct", "bench",
+                                     preprocessing_settings=pre, device=args.device, write_png=False)
     spacing = [float(s) for s in args.spacing.split(",")]
-    predictor = AnomalyPredictor(net, inferer, build_preprocessing(**pre), cal, "simsid_ct", "bench", device=args.device,
-                                 write_png=False)
     results = {"device": args.device, "device_name": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
                "torch_threads": torch.get_num_threads(), "preset": args.preset, "amp": args.amp,
-               "sw_batch_size": args.sw_batch_size, "model_config": cfg, "shapes": {}}
+               "sw_batch_size": args.sw_batch_size, "overlap": args.overlap, "model_config": cfg, "shapes": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for shape_s in args.shapes.split(","):
             shape = tuple(int(v) for v in shape_s.lower().split("x"))

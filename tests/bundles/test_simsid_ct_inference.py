@@ -232,6 +232,18 @@ def test_calibrate_json_for_thick_slices_reslices_only_the_normals(trained, synt
     assert reports[1]["acquisition"]["normal_slice_mm"] == 9 and "re-sliced to 9 mm" in reports[1]["acquisition"]["note"]
 
 
+def test_bench_speed_times_a_trained_checkpoint_as_the_bundle_runs_it(trained, capsys):
+    # tools/bench_speed.py with --ckpt must run inference.json's predictor (three HU windows, the fused calibration,
+    # the checkpoint's overlap), not a bare one: a bare one failed on a three-window checkpoint
+    rc = load_tool("bench_speed").main(["--shapes", "40x40x24", "--device", "cpu", "--ckpt", str(trained)])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    meta = torch.load(str(trained), weights_only=False)["meta"]
+    assert len(meta["preprocessing"]["hu_windows"]) == 3 and out["overlap"] == meta["sw_overlap"]
+    row = out["shapes"]["40x40x24"]
+    assert row["total_s"] > 0 and row["peak_rss_mib"] > 0
+
+
 def test_the_window_margin_and_overlap_travel_with_the_checkpoint(trained, synthetic_dataset, tmp_path):
     from monai.bundle import ConfigParser
 
