@@ -56,6 +56,8 @@ UNIT_PERCENTILE = 99.9
 REGIONS = ("depth", "mask")
 #: lung-region voxels per calibration scan (a seeded random sample) on which the crop unit is measured
 CROP_UNIT_VOXELS = 200_000
+#: the model term's weight in the fused map (the plain mean)
+DEFAULT_MODEL_WEIGHT = 0.5
 
 
 class NoLungRegionError(ValueError):
@@ -83,6 +85,13 @@ def _crop_memory(knn: DescriptorKNN, shape_scales_mm: Sequence[float] | None) ->
     ``shape_scales_mm`` (``None``: all of them)."""
     crop = knn.without_context()
     return crop if shape_scales_mm is None else crop.with_shape_scales(shape_scales_mm)
+
+
+def _check_weight(model_weight: float) -> float:
+    w = float(model_weight)
+    if not 0.0 <= w <= 1.0:  # also rejects NaN
+        raise ValueError(f"model_weight must be in [0, 1], got {model_weight}.")
+    return w
 
 
 def _check_region(region: str) -> str:
@@ -120,10 +129,12 @@ class DescriptorFusion:
         crop_shape_scales_mm: the shape widths of the crop memory, a subset of ``knn``'s (``None``: all of them). A
             crop is a few centimetres across (the LIDC crops: median 31 x 31 x 10 mm), so a wide second derivative
             there mostly describes the edge values repeated beyond it.
+        model_weight: the model term's weight ``w`` in the fused map ``w * model + (1 - w) * descriptor``, in
+            ``[0, 1]``; 0.5 (the default) is the plain mean.
 
     Raises:
         ValueError: a memory without the depth context, non-positive units or scale, a bad ``search_mm`` or
-            ``region``, or crop widths that ``knn`` does not have.
+            ``region``, crop widths that ``knn`` does not have, or a weight outside ``[0, 1]``.
     """
 
     kind = "descriptor_mean"
@@ -140,6 +151,7 @@ class DescriptorFusion:
         search_mm: float | None = 3.0,
         region: str = "depth",
         crop_shape_scales_mm: Sequence[float] | None = None,
+        model_weight: float = DEFAULT_MODEL_WEIGHT,
     ) -> None:
         if not isinstance(knn, DescriptorKNN) or not knn.is_fitted or knn.context != "lung_depth":
             raise ValueError("knn must be a fitted DescriptorKNN with the 'lung_depth' context.")
@@ -150,6 +162,7 @@ class DescriptorFusion:
             )
         if not np.isfinite(outside) or outside < 0:
             raise ValueError(f"outside must be a finite value >= 0, got {outside}.")
+        self.model_weight = _check_weight(model_weight)
         self.search_mm = check_search_mm(search_mm)
         self.region = _check_region(region)
         self.outside = float(outside)
@@ -176,6 +189,7 @@ class DescriptorFusion:
         region: str = "depth",
         crop_shape_scales_mm: Sequence[float] | None = None,
         excludes: Sequence[np.ndarray | None] | None = None,
+        model_weight: float = DEFAULT_MODEL_WEIGHT,
         **knn_args: Any,
     ) -> tuple[DescriptorFusion, list[tuple[np.ndarray, np.ndarray]]]:
         """Fit the memory on normal model-space images and set both units from normal scans.
@@ -195,7 +209,7 @@ class DescriptorFusion:
             model_threshold, model_scale: see the class.
             in_bank, calibrate: per image, whether its voxels fill the bank and whether it sets the units (default:
                 every image does both).
-            search_mm, region, crop_shape_scales_mm: see the class.
+            search_mm, region, crop_shape_scales_mm, model_weight: see the class.
             excludes: per image, ``None`` or a bool ``(X, Y, Z)`` region to leave out (see
                 :mod:`monai_simsid.data.exclusion`): its voxels fill no bank row and set no unit, and the lung region
                 returned with its term does not hold them.
@@ -220,6 +234,7 @@ class DescriptorFusion:
         if not any(in_bank) or not any(calibrate):
             raise ValueError("need at least one bank scan and one calibration scan.")
         _check_region(region)
+        _check_weight(model_weight)
         hus = [hu_from_windows(img, hu_windows)[0].astype(np.float32) for img in images]
         regions = [_lung_region(hu, sp, d, region) for hu, sp, d in zip(hus, spacings, depths)]
         if excludes is not None:
@@ -256,7 +271,7 @@ class DescriptorFusion:
         unit = _unit([inside])
         fusion = cls(
             knn, unit, _unit(crop), model_threshold, model_scale, hu_windows, float(np.median(inside)) / unit, search_mm,
-            region, crop_shape_scales_mm,
+            region, crop_shape_scales_mm, model_weight,
         )
         return fusion, [(dist[i] / np.float32(unit), regions[i]) for i in memories]
 
@@ -294,8 +309,8 @@ class DescriptorFusion:
         return 2.0 * torch.sigmoid((torch.as_tensor(model_map).float() - self.model_threshold) / self.model_scale)
 
     def __call__(self, model_map: torch.Tensor, term: np.ndarray, region: np.ndarray) -> torch.Tensor:
-        """The fused map ``(*S)`` or ``(1, *S)``: the mean of both terms, with the descriptor term's normal median
-        (:attr:`outside`) outside ``region``."""
+        """The fused map ``(*S)`` or ``(1, *S)``: the weighted mean of both terms (:attr:`model_weight`), with the
+        descriptor term's normal median (:attr:`outside`) outside ``region``."""
         return self.fuse(self.model_term(model_map), term, region)
 
     def fuse(self, model_term: torch.Tensor, term: np.ndarray, region: np.ndarray) -> torch.Tensor:
@@ -305,7 +320,8 @@ class DescriptorFusion:
         r = torch.as_tensor(np.asarray(region, dtype=bool), device=m.device)
         if tuple(d.shape) != tuple(m.shape[-d.ndim :]) or d.shape != r.shape:
             raise ValueError(f"descriptor term {tuple(d.shape)}, region {tuple(r.shape)} and map {tuple(m.shape)} differ in shape.")
-        return 0.5 * (m + torch.where(r, d, torch.tensor(self.outside, dtype=d.dtype, device=d.device)))
+        d = torch.where(r, d, torch.tensor(self.outside, dtype=d.dtype, device=d.device))
+        return self.model_weight * m + (1.0 - self.model_weight) * d
 
     # ------------------------------------------------------------------ storage
     def to_dict(self) -> dict[str, Any]:
@@ -324,6 +340,7 @@ class DescriptorFusion:
             "crop_shape_scales_mm": None if self.crop_shape_scales_mm is None else list(self.crop_shape_scales_mm),
             "model_threshold": self.model_threshold,
             "model_scale": self.model_scale,
+            "model_weight": self.model_weight,
             "hu_windows": self.hu_windows,
             "knn": knn,
         }
@@ -334,7 +351,8 @@ class DescriptorFusion:
 
         A fusion stored without ``search_mm`` and ``region`` (simsid_ct 0.7.0) keeps the full-resolution search and region
         its units were measured with; one stored without ``crop_shape_scales_mm`` (before simsid_ct 0.11.0) scores
-        crops with all the memory's shape widths, as its crop unit was measured.
+        crops with all the memory's shape widths, as its crop unit was measured; one stored without
+        ``model_weight`` (before simsid_ct 0.14.0) takes the plain mean, as its thresholds were set.
 
         Raises:
             ValueError: another kind, or a missing entry.
@@ -349,5 +367,5 @@ class DescriptorFusion:
         return cls(
             DescriptorKNN.from_dict(data["knn"]), data["unit"], data["unit_crop"], data["model_threshold"],
             data["model_scale"], data["hu_windows"], data["outside"], data.get("search_mm"), data.get("region", "mask"),
-            data.get("crop_shape_scales_mm"),
+            data.get("crop_shape_scales_mm"), data.get("model_weight", DEFAULT_MODEL_WEIGHT),
         )

@@ -149,8 +149,9 @@ class CalibrationHandler:
             scans when the units are set (see :meth:`~monai_simsid.apps.fusion.DescriptorFusion.fit`).
         descriptor_args: settings of the fusion's descriptor memory
             (:class:`~monai_simsid.apps.descriptor_knn.DescriptorKNN`: ``scales_mm``, ``shape_scales_mm``, ``k``,
-            ``bank_size``, ``seed``, ``hu_max``; default: its defaults) and ``crop_shape_scales_mm``, the shape widths of the memory
-            that scores inputs without a lung envelope (see :class:`~monai_simsid.apps.fusion.DescriptorFusion`).
+            ``bank_size``, ``seed``, ``hu_max``; default: its defaults), ``crop_shape_scales_mm``, the shape widths of the memory
+            that scores inputs without a lung envelope, and ``model_weight``, the model term's weight in the fused map
+            (see :class:`~monai_simsid.apps.fusion.DescriptorFusion`).
         slice_thickness_mm: the thickness the normal scans were re-sliced to before they came here (``calibrate.json``'s
             ``calibration_thickness_mm``), or ``None``. Recorded, with each normal scan's largest voxel size as stored
             (``normal_slice_mm``), so that inference can say when a scan's slices do not match the normals' (see
@@ -208,7 +209,7 @@ class CalibrationHandler:
             raise ValueError("descriptor_fusion needs normative_depth_windows (the lung-envelope depth of chest CT).")
         self.bank_items = list(bank_items) if bank_items else None
         self.descriptor_args = dict(descriptor_args or {})
-        unknown = set(self.descriptor_args) - {"scales_mm", "shape_scales_mm", "crop_shape_scales_mm", "k", "bank_size", "seed", "hu_max"}
+        unknown = set(self.descriptor_args) - {"scales_mm", "shape_scales_mm", "crop_shape_scales_mm", "k", "bank_size", "seed", "hu_max", "model_weight"}
         if unknown:
             raise ValueError(f"descriptor_args: unknown settings {sorted(unknown)}.")
         crop_widths = self.descriptor_args.get("crop_shape_scales_mm")

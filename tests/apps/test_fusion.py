@@ -189,6 +189,30 @@ def test_fused_map_is_the_mean_of_both_terms_with_the_normal_median_outside_the_
         fusion(model_map, term[:-1], region[:-1])
 
 
+def test_model_weight_sets_the_share_of_the_model_term_and_is_stored(calibrated):
+    net, inferer, normals, kw, cal = calibrated
+    state = cal["fusion"]
+    assert state["model_weight"] == 0.5
+    # a fusion stored before the weight existed keeps the plain mean its thresholds were set with
+    assert DescriptorFusion.from_dict({k: v for k, v in state.items() if k != "model_weight"}).model_weight == 0.5
+    model_map = torch.linspace(-3, 3, 4 * 4 * 4).reshape(4, 4, 4)
+    term, region = np.full((4, 4, 4), 3.0, np.float32), np.ones((4, 4, 4), bool)
+    region[0] = False
+    m = DescriptorFusion.from_dict(state).model_term(model_map)
+    for w in (0.0, 0.25, 1.0):
+        fusion = DescriptorFusion.from_dict({**state, "model_weight": w})
+        assert DescriptorFusion.from_dict(fusion.to_dict()).model_weight == w
+        d = torch.where(torch.from_numpy(region), torch.tensor(3.0), torch.tensor(fusion.outside))
+        assert torch.allclose(fusion(model_map, term, region), w * m + (1 - w) * d)
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="model_weight"):
+            DescriptorFusion.from_dict({**state, "model_weight": bad})
+    # calibration takes it from descriptor_args and sets its thresholds on the maps fused with it
+    out = CalibrationHandler(net, inferer, normals, descriptor_fusion=True, descriptor_args={"model_weight": 0.25},
+                             **dict(kw, output_path=kw["output_path"].parent / "w.pt"))()
+    assert out["fusion"]["model_weight"] == 0.25 and out["voxel_threshold"] != cal["voxel_threshold"]
+
+
 def test_fusion_puts_a_nodule_above_the_dense_rim_that_every_normal_has(calibrated):
     net, inferer, _, _, cal = calibrated
     fusion = DescriptorFusion.from_dict(cal["fusion"])
