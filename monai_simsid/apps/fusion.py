@@ -3,7 +3,8 @@
 A reconstruction map and the descriptor memory (:class:`~monai_simsid.apps.descriptor_knn.DescriptorKNN`) fail in
 different places. On real chest CT the model's map is bright on the pleural rim and on vessels that it reconstructs
 poorly; the descriptor is bright on dense tissue that is unusual for its depth in the lung envelope, whatever a
-network makes of it. :class:`DescriptorFusion` averages the two, each in units of its own normal threshold:
+network makes of it. :class:`DescriptorFusion` takes a weighted mean of the two, each in units of its own normal
+threshold:
 
 - the model term is ``2 * sigmoid((z - t) / s)``, with ``z`` the (normalised) model map and ``t``, ``s`` its voxel
   threshold and scale on the normal scans (:func:`~monai_simsid.apps.calibration.compute_calibration`): 1 at the
@@ -11,11 +12,14 @@ network makes of it. :class:`DescriptorFusion` averages the two, each in units o
 - the descriptor term is the kNN distance divided by its 99.9th percentile over the normal scans' lung regions: 1 at
   that percentile, unbounded, so a mass far from every normal descriptor stands out.
 
-The fused map is the mean of the two terms. The descriptor memory's normal bank holds lung-region voxels only
+The fused map is ``w * model + (1 - w) * descriptor`` with the model's weight ``w`` 0.25 by default (0.5, the plain
+mean, until simsid_ct 0.14.0). The model term is bright on normal vessels and on the pleural rim, up to its bound of
+2, so with equal weights it outranked nodules whose descriptor term was only a little above 1; a quarter is the
+weight chosen before it was measured, and it raised every real-CT set (``docs/benchmarks.md``, "The model term
+weighted a quarter"). The descriptor memory's normal bank holds lung-region voxels only
 (:func:`~monai_simsid.apps.rules.lung_region_mask`), so outside the lung region the descriptor term is its median over
 the normal lung regions: no evidence either way. The fused map of a normal scan then has the same baseline inside
-and outside the lungs, and outside them it ranks voxels as the model does. The weights are equal and nothing is
-tuned on lesions.
+and outside the lungs, and outside them it ranks voxels as the model does. Nothing is tuned on lesions.
 
 Everything runs on the model grid, from HU read back from the widest input window
 (:func:`~monai_simsid.transforms.intensity.array.hu_from_windows`), with the same sub-sampled lung-envelope depth as
@@ -56,8 +60,10 @@ UNIT_PERCENTILE = 99.9
 REGIONS = ("depth", "mask")
 #: lung-region voxels per calibration scan (a seeded random sample) on which the crop unit is measured
 CROP_UNIT_VOXELS = 200_000
-#: the model term's weight in the fused map (the plain mean)
-DEFAULT_MODEL_WEIGHT = 0.5
+#: the model term's weight in the fused map (simsid_ct 0.14.0 on)
+DEFAULT_MODEL_WEIGHT = 0.25
+#: the weight of a fusion stored without one (before simsid_ct 0.14.0): the plain mean its thresholds were set with
+LEGACY_MODEL_WEIGHT = 0.5
 
 
 class NoLungRegionError(ValueError):
@@ -112,7 +118,7 @@ def _lung_region(hu: np.ndarray, spacing: Sequence[float], depth: np.ndarray, re
 
 
 class DescriptorFusion:
-    """Mean of a model's map and the descriptor memory's distance, each in units of its normal threshold.
+    """Weighted mean of a model's map and the descriptor memory's distance, each in units of its normal threshold.
 
     Args:
         knn: a fitted memory with the ``"lung_depth"`` context (see :meth:`fit`).
@@ -130,7 +136,7 @@ class DescriptorFusion:
             crop is a few centimetres across (the LIDC crops: median 31 x 31 x 10 mm), so a wide second derivative
             there mostly describes the edge values repeated beyond it.
         model_weight: the model term's weight ``w`` in the fused map ``w * model + (1 - w) * descriptor``, in
-            ``[0, 1]``; 0.5 (the default) is the plain mean.
+            ``[0, 1]``; 0.25 by default (0.5 is the plain mean of simsid_ct 0.7.0-0.13.0).
 
     Raises:
         ValueError: a memory without the depth context, non-positive units or scale, a bad ``search_mm`` or
@@ -367,5 +373,5 @@ class DescriptorFusion:
         return cls(
             DescriptorKNN.from_dict(data["knn"]), data["unit"], data["unit_crop"], data["model_threshold"],
             data["model_scale"], data["hu_windows"], data["outside"], data.get("search_mm"), data.get("region", "mask"),
-            data.get("crop_shape_scales_mm"), data.get("model_weight", DEFAULT_MODEL_WEIGHT),
+            data.get("crop_shape_scales_mm"), data.get("model_weight", LEGACY_MODEL_WEIGHT),
         )

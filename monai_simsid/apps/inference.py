@@ -660,6 +660,7 @@ class AnomalyPredictor(CalibratedMapPredictor):
                 # the widths this input was described with: a crop gets the crop memory's
                 "shape_scales_mm": list((self.fusion.knn if self.normative_positions else self.fusion.crop_knn).shape_scales_mm),
                 "hu_max": self.fusion.knn.hu_max,
+                "model_weight": self.fusion.model_weight,
                 "search_mm": self.fusion.search_mm,
                 "region": self.fusion.region,
                 "grid": "model" if self.normative_positions else "input",

@@ -174,7 +174,7 @@ def test_fusion_is_fitted_on_the_normals_and_stored_with_the_calibration(calibra
         CalibrationHandler(net, inferer, normals, descriptor_fusion=True, descriptor_args={"scale": 1}, **kw)
 
 
-def test_fused_map_is_the_mean_of_both_terms_with_the_normal_median_outside_the_lungs(calibrated):
+def test_fused_map_is_the_weighted_mean_of_both_terms_with_the_normal_median_outside_the_lungs(calibrated):
     fusion = DescriptorFusion.from_dict(calibrated[-1]["fusion"])
     model_map = torch.linspace(-3, 3, 8 * 8 * 8).reshape(8, 8, 8)
     term = np.full((8, 8, 8), 3.0, np.float32)
@@ -182,8 +182,11 @@ def test_fused_map_is_the_mean_of_both_terms_with_the_normal_median_outside_the_
     region[:4] = True
     fused = fusion(model_map, term, region)
     m = 2.0 * torch.sigmoid((model_map - fusion.model_threshold) / fusion.model_scale)
-    # inside the region the mean of both terms; outside it the descriptor term is its normal median
-    assert torch.allclose(fused[:4], 0.5 * (m[:4] + 3.0)) and torch.allclose(fused[4:], 0.5 * (m[4:] + fusion.outside))
+    # inside the region the weighted mean of both terms (a quarter the model's); outside it the descriptor term is its
+    # normal median
+    assert fusion.model_weight == 0.25
+    assert torch.allclose(fused[:4], 0.25 * m[:4] + 0.75 * 3.0)
+    assert torch.allclose(fused[4:], 0.25 * m[4:] + 0.75 * fusion.outside)
     assert float(fusion.model_term(torch.tensor(fusion.model_threshold))) == pytest.approx(1.0)  # 1 at its threshold
     with pytest.raises(ValueError, match="differ in shape"):
         fusion(model_map, term[:-1], region[:-1])
@@ -192,14 +195,14 @@ def test_fused_map_is_the_mean_of_both_terms_with_the_normal_median_outside_the_
 def test_model_weight_sets_the_share_of_the_model_term_and_is_stored(calibrated):
     net, inferer, normals, kw, cal = calibrated
     state = cal["fusion"]
-    assert state["model_weight"] == 0.5
+    assert state["model_weight"] == 0.25  # the default: the model term a quarter, the descriptor term three quarters
     # a fusion stored before the weight existed keeps the plain mean its thresholds were set with
     assert DescriptorFusion.from_dict({k: v for k, v in state.items() if k != "model_weight"}).model_weight == 0.5
     model_map = torch.linspace(-3, 3, 4 * 4 * 4).reshape(4, 4, 4)
     term, region = np.full((4, 4, 4), 3.0, np.float32), np.ones((4, 4, 4), bool)
     region[0] = False
     m = DescriptorFusion.from_dict(state).model_term(model_map)
-    for w in (0.0, 0.25, 1.0):
+    for w in (0.0, 0.5, 1.0):
         fusion = DescriptorFusion.from_dict({**state, "model_weight": w})
         assert DescriptorFusion.from_dict(fusion.to_dict()).model_weight == w
         d = torch.where(torch.from_numpy(region), torch.tensor(3.0), torch.tensor(fusion.outside))
@@ -208,9 +211,9 @@ def test_model_weight_sets_the_share_of_the_model_term_and_is_stored(calibrated)
         with pytest.raises(ValueError, match="model_weight"):
             DescriptorFusion.from_dict({**state, "model_weight": bad})
     # calibration takes it from descriptor_args and sets its thresholds on the maps fused with it
-    out = CalibrationHandler(net, inferer, normals, descriptor_fusion=True, descriptor_args={"model_weight": 0.25},
+    out = CalibrationHandler(net, inferer, normals, descriptor_fusion=True, descriptor_args={"model_weight": 0.5},
                              **dict(kw, output_path=kw["output_path"].parent / "w.pt"))()
-    assert out["fusion"]["model_weight"] == 0.25 and out["voxel_threshold"] != cal["voxel_threshold"]
+    assert out["fusion"]["model_weight"] == 0.5 and out["voxel_threshold"] != cal["voxel_threshold"]
 
 
 def test_fusion_puts_a_nodule_above_the_dense_rim_that_every_normal_has(calibrated):

@@ -311,6 +311,8 @@ def test_descriptor_fusion_is_the_default_and_can_be_turned_off(trained, synthet
     assert predictor.fusion.knn.shape_scales_mm == (1.5, 3.0, 5.0, 8.0) and predictor.fusion.crop_knn.shape_scales_mm == (1.5, 3.0, 5.0)
     assert predictor.report_extra()["fusion"]["shape_scales_mm"] == [1.5, 3.0, 5.0, 8.0]
     assert predictor.fusion.knn.hu_max == predictor.report_extra()["fusion"]["hu_max"] == HU_MAX_DEFAULT
+    # and the model term weighted a quarter in the fused map (simsid_ct 0.14.0), said in every report
+    assert predictor.fusion.model_weight == predictor.report_extra()["fusion"]["model_weight"] == 0.25
     assert crop.report_extra()["fusion"]["shape_scales_mm"] == [1.5, 3.0, 5.0]
     assert crop.predict(case).anomaly_map.max() > 0
     # the stored fusion searches a 3 mm grid and reads the lung region off the depth; the timing tool reads it back
