@@ -15,8 +15,8 @@ threshold:
 The fused map is ``w * model + (1 - w) * descriptor`` with the model's weight ``w`` 0.25 by default (0.5, the plain
 mean, until simsid_ct 0.14.0). The model term is bright on normal vessels and on the pleural rim, up to its bound of
 2, so with equal weights it outranked nodules whose descriptor term was only a little above 1; a quarter is the
-weight chosen before it was measured, and it raised every real-CT set (``docs/benchmarks.md``, "The model term
-weighted a quarter"). The descriptor memory's normal bank holds lung-region voxels only
+weight chosen before it was measured, and it raised the voxel ranking on every real-CT set (``docs/benchmarks.md``,
+"The model term weighted a quarter"). The descriptor memory's normal bank holds lung-region voxels only
 (:func:`~monai_simsid.apps.rules.lung_region_mask`), so outside the lung region the descriptor term is its median over
 the normal lung regions: no evidence either way. The fused map of a normal scan then has the same baseline inside
 and outside the lungs, and outside them it ranks voxels as the model does. Nothing is tuned on lesions.
