@@ -50,21 +50,6 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _network_and_calibration(ckpt: str | None, overrides: dict | None = None, preset: str = "cpu"):
-    from monai_simsid.apps.checkpoint import load_model_checkpoint
-    from monai_simsid.apps.untrained import untrained_simsid
-    from monai_simsid.networks.nets import SimSID
-
-    if ckpt:
-        if overrides:
-            raise ValueError("--model_overrides needs random weights (no --ckpt).")
-        data = load_model_checkpoint(ckpt, bundle_name="simsid_ct")
-        net = SimSID(**data["meta"]["model_config"])
-        net.load_state_dict(data["network"])
-        return net, data["calibration"], data["meta"]["model_config"], data["meta"].get("preprocessing", {})
-    return untrained_simsid(preset, overrides)
-
-
 def _reference_nets(cfg: dict, device: str = "cpu") -> dict[str, tuple[int, torch.nn.Module]]:
     """The plain MONAI AutoEncoders the model stage is compared with, as ``{name: (in_channels, network)}``.
 
@@ -173,18 +158,22 @@ def main(argv: list[str] | None = None) -> int:
     from monai_simsid.data.synthetic import generate_chest_ct
     from monai_simsid.inferers import AnomalyInferer
 
-    net, cal, cfg, pre = _network_and_calibration(args.ckpt, overrides, args.preset)
     if args.ckpt:
         # a trained checkpoint runs as the bundle runs it: inference.json's predictor (its calibration, descriptor
         # fusion, HU windows, window margin and overlap all from the checkpoint), so the figures are the user's
+        from monai_simsid.apps.checkpoint import load_model_checkpoint
         from monai_simsid.apps.inference import load_predictor
 
+        cfg = load_model_checkpoint(args.ckpt, bundle_name="simsid_ct")["meta"]["model_config"]  # for the references
         settings = {"sw_batch_size": args.sw_batch_size, "amp": args.amp, "write_png": False, "sw_device": args.device}
         if args.overlap is not None:
             settings["overlap"] = args.overlap
         predictor = load_predictor("simsid_ct", args.ckpt, device=args.device, **settings)
         args.overlap = float(predictor.inferer.overlap)
     else:
+        from monai_simsid.apps.untrained import untrained_simsid
+
+        net, cal, cfg, pre = untrained_simsid(args.preset, overrides)
         args.overlap = 0.25 if args.overlap is None else args.overlap
         inferer = AnomalyInferer(cfg["roi_size"], cfg["region_grid"], sw_batch_size=args.sw_batch_size,
                                  overlap=args.overlap, sw_device=args.device, device="cpu", amp=args.amp)
