@@ -308,7 +308,9 @@ class DescriptorKNN:
             :func:`lung_envelope_depth`; for whole chest scans, not for crops inside the lung).
         hu_max: HU are clipped to ``[-1000, hu_max]`` before they are described. 400 (the default) keeps contrast
             and calcium denser than soft tissue; 130 (the calcium threshold) reads contrast-filled vessels, calcium
-            and bone as dense soft tissue.
+            and bone as dense soft tissue; 40 (about the density of blood without contrast; simsid_ct's ceiling since
+            0.15.0) reads a vessel alike with contrast and without, so a memory of contrast-enhanced normal scans
+            does not take the vessels of a scan without contrast for anomalies.
 
     Example::
 

@@ -373,3 +373,31 @@ def test_hu_ceiling_reads_contrast_as_dense_soft_tissue_and_is_kept(tmp_path):
     for bad in (-500, float("nan")):
         with pytest.raises(ValueError, match="hu_max"):
             DescriptorKNN(hu_max=bad)
+
+
+def test_a_ceiling_at_unenhanced_blood_makes_the_memory_blind_to_contrast():
+    """simsid_ct clips at 40 HU (unenhanced blood): a memory of contrast-enhanced normals (vessels at 300 HU) scores
+    one of them imaged without contrast (vessels at 45 HU) as it scores it with contrast. With a ceiling of 130 the
+    unenhanced vessels lie 85 HU below every normal vessel and score higher: the phase itself looks anomalous."""
+    def anatomy(seed: int) -> tuple[np.ndarray, np.ndarray]:  # vessels 3.5 mm in radius, as at the hilum
+        img, _ = _lung_with_vessels(seed)
+        return img, ndimage.binary_dilation(img > 0, iterations=2)
+
+    def phase(img: np.ndarray, vessels: np.ndarray, vessel_hu: float) -> np.ndarray:
+        out = img.copy()
+        out[vessels] = vessel_hu
+        return out
+
+    normals = [phase(*anatomy(s), 300.0) for s in (1, 2, 3)]
+    masks = [np.ones(n.shape, bool) for n in normals]
+    test, vessels = anatomy(1)  # the anatomy of the first normal
+    sp = (1.0, 1.0, 1.0)
+    for ceiling in (40.0, 130.0):
+        knn = DescriptorKNN(scales_mm=(1.5, 3.0), shape_scales_mm=(1.5,), k=3, bank_size=20000, hu_max=ceiling)
+        knn.fit(normals, masks, [sp] * 3)
+        mask = np.ones(test.shape, bool)
+        plain, enhanced = knn(phase(test, vessels, 45.0), mask, sp), knn(phase(test, vessels, 300.0), mask, sp)
+        if ceiling == 40.0:
+            np.testing.assert_array_equal(plain, enhanced)
+        else:
+            assert np.median(plain[vessels]) > 1.2 * np.median(enhanced[vessels])

@@ -21,7 +21,7 @@ from monai_simsid.export import read_slicer_segmentation
 from monai_simsid.utils.errors import find_input_error
 
 #: the bundle's descriptor_args hu_max (the ceiling of the descriptor memory's HU clip)
-HU_MAX_DEFAULT = 130.0
+HU_MAX_DEFAULT = 40.0
 TRAIN = {"roi_size": [32, 32, 32], "num_samples": 4, "batch_size": 2, "progress": False, "max_epochs": 8, "val_interval": 100, "learning_rate": 2e-3}
 
 
