@@ -310,7 +310,8 @@ class DescriptorKNN:
             and calcium denser than soft tissue; 130 (the calcium threshold) reads contrast-filled vessels, calcium
             and bone as dense soft tissue; 40 (about the density of blood without contrast; simsid_ct's ceiling since
             0.15.0) reads a vessel alike with contrast and without, so a memory of contrast-enhanced normal scans
-            does not take the vessels of a scan without contrast for anomalies.
+            does not take the vessels of a scan without contrast for anomalies. So low a ceiling needs the shape
+            features (``shape_scales_mm``): without them, the density above it is what tells a mass from a vessel.
 
     Example::
 
